@@ -1,0 +1,46 @@
+# `make demo` and `make test` install what they need first. They use the active virtual
+# environment if there is one, else a project .venv (works where the system Python refuses
+# pip installs, PEP 668). torch==2.13.0 is installed first when missing so that no CUDA wheels
+# are pulled on a CPU machine; on a GPU node install the torch build you want before `make`.
+
+BOOT_PYTHON ?= python3
+VENV := $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),.venv)
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.alignment-installed
+TORCH_VERSION ?= 2.13.0
+EXTRAS ?= dev
+
+.PHONY: install demo test test-fast lint format tiny clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(BOOT_PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install -e ".[$(EXTRAS)]"
+	@touch $(STAMP)
+
+# Embedded pipeline on CPU: build the tiny model and task, SFT then DPO, held-out numbers.
+demo: install
+	$(PY) -m alignment.cli demo
+
+test: install
+	$(PY) -m pytest tests
+
+# Everything but the end-to-end training runs.
+test-fast: install
+	$(PY) -m pytest tests -m "not slow"
+
+lint: install
+	$(PY) -m ruff check src scripts tests
+	$(PY) -m ruff format --check src scripts tests
+
+format: install
+	$(PY) -m ruff check --fix src scripts tests
+	$(PY) -m ruff format src scripts tests
+
+tiny: install
+	$(PY) -m alignment.cli tiny build
+
+clean:
+	rm -rf runs data/tiny .pytest_cache

@@ -1,0 +1,52 @@
+"""Supervised fine-tuning from a recipe.
+
+    accelerate launch --config_file accelerate_configs/zero3.yaml scripts/run_sft.py \
+        recipes/zephyr-7b-beta/sft/config_full.yaml
+    python scripts/run_sft.py recipes/tiny/sft/config.yaml --num_train_epochs 1   # CPU, a minute
+
+Any recipe key can be overridden as `--key value`; `--dry_run` validates and prints the plan.
+"""
+
+from alignment.recipe import exit_on_recipe_error, parse_recipe
+
+
+@exit_on_recipe_error
+def main(argv: list[str] | None = None) -> None:
+    recipe = parse_recipe("sft", argv)
+    if recipe.args.dry_run:
+        from alignment.check import print_plan
+
+        print_plan(recipe)
+        return
+
+    from trl import SFTTrainer
+
+    from alignment.data.mixture import load_mixture
+    from alignment.model import load_model, load_tokenizer, peft_config_for
+    from alignment.training import finish_training, resume_checkpoint
+    from alignment.logs import setup_logging
+
+    setup_logging(recipe.training)
+
+    # Data, tokenizer, model
+    datasets = load_mixture(recipe.mixture)
+    tokenizer = load_tokenizer(recipe)
+    model = load_model(recipe, tokenizer)
+
+    # Training
+    trainer = SFTTrainer(
+        model=model,
+        args=recipe.training,
+        train_dataset=datasets["train"],
+        eval_dataset=datasets.get("test"),
+        processing_class=tokenizer,
+        peft_config=peft_config_for(recipe, model),
+    )
+    result = trainer.train(resume_from_checkpoint=resume_checkpoint(recipe.training))
+
+    # Save, evaluate, card, push
+    finish_training(trainer, recipe, result, datasets)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Dry runs: validate a recipe and print what it would do, without downloading or loading anything."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from alignment.errors import RecipeError
+from alignment.recipe import STAGES, Recipe, load_recipe_file
+
+
+def infer_stage(path: str) -> str:
+    """The stage a recipe is for, from its folder (`recipes/<model>/<stage>/...`)."""
+    for part in reversed(Path(path).parts[:-1]):
+        if part in STAGES:
+            return part
+    raise RecipeError(f"{path}: cannot tell the stage from the path; pass --stage ({', '.join(STAGES)})")
+
+
+def resolved_values(recipe: Recipe) -> dict[str, Any]:
+    """Every key the recipe or the command line set, with the value it resolved to."""
+    given = set(load_recipe_file(recipe.path)) if recipe.path else set()
+    given |= {a[2:].split("=")[0] for a in recipe.cli_overrides if a.startswith("--")}
+    out: dict[str, Any] = {}
+    for obj in (recipe.args, recipe.training, recipe.model):
+        for f in dataclasses.fields(obj):
+            if f.name in given:
+                value = getattr(obj, f.name)
+                out[f.name] = getattr(value, "value", value)
+    out["dataset_mixture"] = recipe.mixture.to_dict()
+    return out
+
+
+def plan(recipe: Recipe) -> dict[str, Any]:
+    t = recipe.training
+    world = recipe.world_size
+    return {
+        "stage": recipe.stage,
+        "recipe": recipe.path,
+        "model": recipe.model.model_name_or_path,
+        "precision": "bf16" if t.bf16 else "fp16" if t.fp16 else "fp32",
+        "peft": ("qlora-4bit" if recipe.model.load_in_4bit else "qlora-8bit" if recipe.model.load_in_8bit
+                 else "dora" if recipe.model.use_dora else "lora") if recipe.model.use_peft else "full",  # fmt: skip
+        "processes": world,
+        "global_batch_size": recipe.global_batch_size,
+        "global_batch_size_formula": (
+            f"{t.per_device_train_batch_size} per device x {t.gradient_accumulation_steps} accumulation "
+            f"x {world} processes"
+        ),
+        "datasets": [
+            f"{s.id}" + (f" ({s.config})" if s.config else "") + f" [{s.split}] weight {s.weight}"
+            for s in recipe.mixture.datasets
+        ]
+        + ([f"eval: split {recipe.mixture.test_split} of each source"] if recipe.mixture.test_split else []),
+        "output_dir": t.output_dir,
+        "notes": recipe.notes,
+        "resolved": resolved_values(recipe),
+    }
+
+
+def print_plan(recipe: Recipe) -> dict[str, Any]:
+    """Print the dry-run plan as YAML (readable, and parseable by tests and tools)."""
+    summary = plan(recipe)
+    if recipe.world_size == 1 or int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(yaml.safe_dump(summary, sort_keys=False, default_flow_style=False).rstrip())
+    return summary

@@ -1,0 +1,99 @@
+"""Held-out scores of a model folder: exact match of generated answers, and preference accuracy on pairs.
+
+Used by the demo (before SFT, after SFT, after DPO) and by tests. The full evaluation suite
+(lm-eval tasks, judges, plots) builds on these later.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_for_eval(model_dir: str | Path) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model.eval()
+    return model, tokenizer
+
+
+def generate_answers(model: Any, tokenizer: Any, prompts: list[list[dict]], max_new_tokens: int = 16,
+                     batch_size: int = 100, sample: bool = False, seed: int = 0) -> list[str]:  # fmt: skip
+    """Continue each chat prompt with the model (greedy unless `sample`) and return the decoded replies."""
+    import torch
+
+    tokenizer.padding_side = "left"  # generation appends on the right, so padding goes left
+    torch.manual_seed(seed)
+    replies = []
+    for start in range(0, len(prompts), batch_size):
+        texts = [
+            tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+            for p in prompts[start : start + batch_size]
+        ]
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=sample,
+                temperature=1.0 if sample else None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        new_tokens = out[:, batch["input_ids"].shape[1] :]
+        replies += [r.strip() for r in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    return replies
+
+
+def exact_match(model: Any, tokenizer: Any, rows: list[dict], sample: bool = False) -> dict[str, float]:
+    """Share of prompts whose reply equals `answer` exactly, overall and per `skill`."""
+    replies = generate_answers(model, tokenizer, [r["prompt"] for r in rows], sample=sample)
+    hits: dict[str, list[bool]] = defaultdict(list)
+    for row, reply in zip(rows, replies, strict=True):
+        ok = reply == row["answer"]
+        hits["all"].append(ok)
+        hits[row.get("skill", "all")].append(ok) if "skill" in row else None
+    return {skill: sum(v) / len(v) for skill, v in hits.items()}
+
+
+def completion_logprobs(model: Any, tokenizer: Any, prompt: list[dict], completion: list[dict]) -> float:
+    """Sum of log-probabilities of the completion's tokens given the prompt, under the chat template."""
+    import torch
+
+    prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
+    full_ids = tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)
+    prompt_ids, full_ids = prompt_ids["input_ids"], full_ids["input_ids"]
+    ids = torch.tensor([full_ids])
+    with torch.no_grad():
+        logits = model(ids).logits[0, :-1].float()
+    logps = torch.log_softmax(logits, dim=-1).gather(1, ids[0, 1:, None])[:, 0]
+    return logps[len(prompt_ids) - 1 :].sum().item()
+
+
+def preference_accuracy(model: Any, tokenizer: Any, pairs: list[dict], reference: Any | None = None) -> float:
+    """Share of pairs the model ranks correctly, strictly (ties count as wrong).
+
+    Without `reference`: log p(chosen) > log p(rejected). With it: DPO's implicit reward,
+    log p/p_ref(chosen) > log p/p_ref(rejected).
+    """
+    correct = 0
+    for pair in pairs:
+        margin = completion_logprobs(model, tokenizer, pair["prompt"], pair["chosen"]) - completion_logprobs(
+            model, tokenizer, pair["prompt"], pair["rejected"]
+        )
+        if reference is not None:
+            margin -= completion_logprobs(reference, tokenizer, pair["prompt"], pair["chosen"]) - completion_logprobs(
+                reference, tokenizer, pair["prompt"], pair["rejected"]
+            )
+        correct += margin > 0
+    return correct / len(pairs)

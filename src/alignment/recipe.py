@@ -1,0 +1,402 @@
+"""Recipes: one YAML file per run, overridable from the command line, checked before anything loads.
+
+A recipe's keys are the fields of TRL's stage config (`SFTConfig`, `DPOConfig`, ...), of TRL's
+`ModelConfig`, and of our `RecipeArguments` (dataset mixture, chat template). `parse_recipe` turns
+`[RECIPE.yaml | --config RECIPE.yaml] [--key value ...]` into typed dataclasses.
+
+Gaps in `TrlParser` that this module fills: it reports unknown keys as a list with no suggestion,
+does not check YAML values against a field's choices (argparse only checks command-line values),
+fails on legacy Alignment Handbook keys instead of migrating them, and lets transformers raise its
+bf16 traceback on a CPU-only machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from alignment.chat_templates import BUILTIN_TEMPLATES
+from alignment.data.mixture import MixtureConfig
+from alignment.errors import RecipeError
+
+logger = logging.getLogger(__name__)
+
+
+def exit_on_recipe_error(main: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a `RecipeError` into `error: <one line>` on stderr and exit status 2, with no traceback."""
+
+    @functools.wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return main(*args, **kwargs)
+        except RecipeError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapper
+
+
+@dataclass
+class RecipeArguments:
+    """The keys a recipe has beyond TRL's stage and model configs."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "One dataset (Hub id or local path). Use `dataset_mixture` to combine several."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Config name of `dataset_name`."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Training split of `dataset_name`."})
+    dataset_test_split: str | None = field(
+        default=None,
+        metadata={"help": "Evaluation split of `dataset_name`; kept apart from training. None: no eval set."},
+    )
+    dataset_mixture: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Sources to mix: {datasets: [{id, config, split, columns, weight}], seed, test_split, "
+            "test_split_size}. On the command line, pass it as JSON."
+        },
+    )
+    chat_template: str | None = field(
+        default=None,
+        metadata={
+            "help": f"A built-in template name ({', '.join(sorted(BUILTIN_TEMPLATES))}) or a Jinja string. "
+            "None keeps the tokenizer's own."
+        },
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Tokenizer to load, if not the model's own."}
+    )
+    dry_run: bool = field(
+        default=False,
+        metadata={"help": "Validate the recipe and print the resolved configuration; load nothing, train nothing."},
+    )
+
+
+def stage_config_class(stage: str) -> type:
+    """TRL's config dataclass for a stage. Imported lazily: TRL takes seconds to import."""
+    if stage == "sft":
+        from trl import SFTConfig
+
+        return SFTConfig
+    if stage == "dpo":
+        from trl import DPOConfig
+
+        return DPOConfig
+    raise RecipeError(f"unknown stage {stage!r}; known stages: sft, dpo")
+
+
+STAGES = ("sft", "dpo")
+
+# Loss types DPOTrainer accepts in trl 1.16 (its `loss_type` field is a free list of strings).
+DPO_LOSS_TYPES = (
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+)  # fmt: skip
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+@dataclass
+class Recipe:
+    """A parsed, validated recipe: everything a stage script needs, nothing loaded yet."""
+
+    stage: str
+    path: str | None
+    args: RecipeArguments
+    training: Any  # the stage's TRL config, e.g. trl.SFTConfig
+    model: Any  # trl.ModelConfig
+    mixture: MixtureConfig
+    cli_overrides: list[str]
+    notes: list[str]  # migrations and fallbacks applied, for the log and the model card
+
+    @property
+    def world_size(self) -> int:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+
+    @property
+    def global_batch_size(self) -> int:
+        t = self.training
+        return t.per_device_train_batch_size * t.gradient_accumulation_steps * self.world_size
+
+
+# --- Legacy keys -------------------------------------------------------------------------------------
+
+RENAMED_KEYS = {
+    "max_seq_length": "max_length",
+    "torch_dtype": "dtype",
+    "evaluation_strategy": "eval_strategy",
+    "preprocessing_num_workers": "dataset_num_proc",
+    "warmup_ratio": "warmup_steps",  # transformers 5: a float warmup_steps below 1 is a ratio
+}
+# Keys TRL or transformers removed, with what replaced them. Dropped with this explanation.
+REMOVED_KEYS = {
+    "max_prompt_length": "trl 1.16 DPO/KTO truncate the whole sequence to `max_length` (see `truncation_mode`); "
+    "there is no separate prompt limit",
+    "max_completion_length": "trl 1.16 DPO truncates the whole sequence to `max_length`",
+    "overwrite_output_dir": "transformers 5 removed it; a run resumes from the last checkpoint in `output_dir`, "
+    "delete that folder to start afresh",
+}
+
+
+def migrate_legacy_keys(config: dict[str, Any], stage: str, valid: set[str]) -> tuple[dict[str, Any], list[str]]:
+    """Rewrite Alignment Handbook / older TRL keys to today's, returning the new mapping and one note per change."""
+    config = dict(config)
+    notes = []
+    for old, new in RENAMED_KEYS.items():
+        if old in config and old not in valid:
+            if new in config:
+                raise RecipeError(f"both `{old}` (legacy) and `{new}` are set; keep only `{new}`")
+            config[new] = config.pop(old)
+            notes.append(f"legacy key `{old}` migrated to `{new}`")
+    if "use_flash_attention_2" in config:
+        if config.pop("use_flash_attention_2"):
+            config.setdefault("attn_implementation", "flash_attention_2")
+        notes.append("legacy key `use_flash_attention_2` migrated to `attn_implementation: flash_attention_2`")
+    for old, why in REMOVED_KEYS.items():
+        if old in config and old not in valid:
+            config.pop(old)
+            notes.append(f"key `{old}` ignored: {why}")
+    if "dataset_mixer" in config:
+        if "dataset_mixture" in config:
+            raise RecipeError("both `dataset_mixer` (legacy) and `dataset_mixture` are set; keep only `dataset_mixture`")
+        mixer = config.pop("dataset_mixer")
+        splits = config.pop("dataset_splits", ["train", "test"])
+        if not isinstance(mixer, dict):
+            raise RecipeError("`dataset_mixer` must map dataset ids to weights")
+        splits = [splits] if isinstance(splits, str) else list(splits)
+        train = [s for s in splits if "train" in s] or splits[:1]
+        test = [s for s in splits if "test" in s]
+        config["dataset_mixture"] = {
+            "datasets": [{"id": name, "split": train[0], "weight": weight} for name, weight in mixer.items()],
+            **({"test_split": test[0]} if test else {}),
+        }
+        notes.append(
+            "legacy keys `dataset_mixer` + `dataset_splits` migrated to `dataset_mixture` "
+            f"(train split {train[0]!r}, test split {test[0] if test else None!r})"
+        )
+    elif "dataset_splits" in config:
+        raise RecipeError("`dataset_splits` without `dataset_mixer`: use `dataset_mixture` with `split`/`test_split`")
+    return config, notes
+
+
+def closest(key: str, valid: set[str]) -> str:
+    match = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
+    return f"; did you mean `{match[0]}`?" if match else ""
+
+
+# --- Parsing -----------------------------------------------------------------------------------------
+
+
+def split_recipe_path(argv: Sequence[str]) -> tuple[str | None, list[str]]:
+    """Take the recipe path from `argv`: positional first argument or `--config PATH`."""
+    argv = list(argv)
+    path = None
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise RecipeError("`--config` needs a recipe path")
+        path = argv[i + 1]
+        del argv[i : i + 2]
+    elif argv and not argv[0].startswith("-"):
+        path = argv.pop(0)
+    stray = [a for a in argv if a.endswith((".yaml", ".yml")) and not a.startswith("-")]
+    if path and stray and not any(a.startswith("--") for a in argv[: argv.index(stray[0])]):
+        raise RecipeError(f"give one recipe, got {path} and {stray[0]}")
+    return path, argv
+
+
+def load_recipe_file(path: str) -> dict[str, Any]:
+    """Read a recipe YAML mapping; set its `env:` block in the environment."""
+    file = Path(path)
+    if not file.is_file():
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        config = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise RecipeError(f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    if not isinstance(config, dict):
+        raise RecipeError(f"{path}: a recipe must be a YAML mapping of keys to values")
+    env = config.pop("env", {}) or {}
+    if not isinstance(env, dict):
+        raise RecipeError(f"{path}: `env` must be a mapping of variable names to values")
+    for name, value in env.items():
+        os.environ[str(name)] = str(value)
+    return config
+
+
+def _parser(dataclass_types: Sequence[type]):
+    from transformers import HfArgumentParser
+
+    class RecipeParser(HfArgumentParser):
+        def error(self, message: str):  # argparse would print usage and exit; we want one line
+            raise RecipeError(message.replace("argument --", "`").replace(": ", "`: ", 1))
+
+    return RecipeParser(dataclass_types)
+
+
+def _check_choices(parser, values: dict[str, Any], origin: str) -> None:
+    """argparse checks choices only for command-line values; YAML values arrive as defaults, unchecked."""
+    for action in parser._actions:
+        if not action.choices or action.dest not in values:
+            continue
+        value = values[action.dest]
+        items = value if isinstance(value, list) else [value]
+        choices = [str(getattr(c, "value", c)) for c in action.choices]
+        for item in items:
+            if item is not None and str(getattr(item, "value", item)) not in choices:
+                raise RecipeError(
+                    f"{origin}: `{action.dest}` is {item!r}; choose one of {', '.join(choices)}"
+                    f"{closest(str(item), set(choices))}"
+                )
+
+
+def _check_values(values: dict[str, Any], stage: str, origin: str) -> None:
+    """Fixed-choice values that TRL/transformers leave as free strings."""
+    if stage == "dpo" and values.get("loss_type") is not None:
+        loss = values["loss_type"]
+        for item in loss if isinstance(loss, list) else [loss]:
+            if item not in DPO_LOSS_TYPES:
+                raise RecipeError(
+                    f"{origin}: `loss_type` {item!r} is not a DPO loss; choose from {', '.join(DPO_LOSS_TYPES)}"
+                    f"{closest(str(item), set(DPO_LOSS_TYPES))}"
+                )
+    attn = values.get("attn_implementation")
+    if attn is not None and attn not in ATTN_IMPLEMENTATIONS and "/" not in attn:  # "org/kernel" hub kernels
+        raise RecipeError(
+            f"{origin}: `attn_implementation` {attn!r} is unknown; choose from {', '.join(ATTN_IMPLEMENTATIONS)}"
+            f"{closest(attn, set(ATTN_IMPLEMENTATIONS))}"
+        )
+    template = values.get("chat_template")
+    if template is not None and "{" not in template and template not in BUILTIN_TEMPLATES:
+        raise RecipeError(
+            f"{origin}: `chat_template` {template!r} is neither a built-in ({', '.join(sorted(BUILTIN_TEMPLATES))}) "
+            f"nor a Jinja template{closest(template, set(BUILTIN_TEMPLATES))}"
+        )
+    if (values.get("load_in_4bit") or values.get("load_in_8bit")) and not values.get("use_peft"):
+        raise RecipeError(
+            f"{origin}: `load_in_4bit`/`load_in_8bit` train only adapters: set `use_peft: true` (QLoRA)"
+        )
+    has_name, has_mixture = values.get("dataset_name") is not None, values.get("dataset_mixture") is not None
+    if has_name == has_mixture:
+        which = "both" if has_name else "neither"
+        raise RecipeError(f"{origin}: set exactly one of `dataset_name` and `dataset_mixture` (got {which})")
+    if values.get("model_name_or_path") is None:
+        raise RecipeError(f"{origin}: `model_name_or_path` is required")
+
+
+def _apply_device_fallbacks(values: dict[str, Any], explicit: set[str], notes: list[str]) -> None:
+    """Make a GPU recipe parse on a CPU-only machine instead of failing inside TrainingArguments."""
+    import torch
+
+    has_gpu = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+    if has_gpu:
+        return
+    if values.get("bf16") in (True, None):
+        if values.get("bf16") is True and "bf16" in explicit:
+            notes.append("bf16: true but no GPU with bf16 here: training in float32 instead")
+        values["bf16"] = False
+    if values.get("fp16"):
+        notes.append("fp16: true but no GPU here: training in float32 instead")
+        values["fp16"] = False
+    # Without use_cpu, `accelerate launch --multi_gpu` on CPU runs each rank alone with no error.
+    values["use_cpu"] = True
+
+
+def parse_recipe(stage: str, argv: Sequence[str] | None = None) -> Recipe:
+    """Parse `[RECIPE] [--key value ...]` for `stage` into a validated `Recipe`. Loads no model or data."""
+    from trl import ModelConfig
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config_class = stage_config_class(stage)
+    dataclass_types = (RecipeArguments, config_class, ModelConfig)
+    valid = {f.name for cls in dataclass_types for f in dataclasses.fields(cls) if f.init}
+
+    path, cli = split_recipe_path(argv)
+    origin = path or "command line"
+    config = load_recipe_file(path) if path else {}
+    config, notes = migrate_legacy_keys(config, stage, valid)
+    for key in config:
+        if key not in valid:
+            raise RecipeError(f"{origin}: unknown key `{key}` for stage {stage}{closest(key, valid)}")
+    cli = _migrate_cli(cli, stage, valid, notes)
+
+    parser = _parser(dataclass_types)
+    for action in parser._actions:
+        if action.dest in config:
+            action.default = config[action.dest]
+            action.required = False
+    _check_choices(parser, config, origin)
+    namespace, unknown = parser.parse_known_args(cli)
+    flags = [a for a in unknown if a.startswith("--")]
+    if flags or unknown:
+        bad = (flags or unknown)[0].lstrip("-").split("=")[0]
+        raise RecipeError(f"command line: unknown option `--{bad}` for stage {stage}{closest(bad, valid)}")
+    values = vars(namespace)
+    explicit = set(config) | {a[2:].split("=")[0] for a in cli if a.startswith("--")}
+    _check_values(values, stage, origin)
+    _apply_device_fallbacks(values, explicit, notes)
+
+    built = []
+    for cls in dataclass_types:
+        kwargs = {f.name: values[f.name] for f in dataclasses.fields(cls) if f.init and f.name in values}
+        try:
+            built.append(cls(**kwargs))
+        except (ValueError, TypeError) as err:
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise RecipeError(f"{origin}: {first_line}") from None
+    args, training, model = built
+    mixture = resolve_mixture(args, origin)
+    for note in notes:
+        logger.warning(note)
+    return Recipe(stage, path, args, training, model, mixture, cli, notes)
+
+
+def _migrate_cli(cli: list[str], stage: str, valid: set[str], notes: list[str]) -> list[str]:
+    """Apply the same legacy renames to `--key value` flags."""
+    out = []
+    skip_value = False
+    for i, arg in enumerate(cli):
+        if skip_value:
+            skip_value = False
+            continue
+        key = arg[2:].split("=")[0] if arg.startswith("--") else None
+        if key in RENAMED_KEYS and key not in valid:
+            out.append(arg.replace(key, RENAMED_KEYS[key], 1))
+            notes.append(f"legacy option `--{key}` migrated to `--{RENAMED_KEYS[key]}`")
+        elif key in REMOVED_KEYS and key not in valid:
+            notes.append(f"option `--{key}` ignored: {REMOVED_KEYS[key]}")
+            skip_value = "=" not in arg and i + 1 < len(cli) and not cli[i + 1].startswith("--")
+        else:
+            out.append(arg)
+    return out
+
+
+def resolve_mixture(args: RecipeArguments, origin: str) -> MixtureConfig:
+    """One `MixtureConfig` whether the recipe gave `dataset_name` or `dataset_mixture`."""
+    if args.dataset_mixture is not None:
+        raw = args.dataset_mixture
+        if isinstance(raw, str):
+            try:
+                raw = json.loads(raw)
+            except json.JSONDecodeError as err:
+                raise RecipeError(f"{origin}: `dataset_mixture` on the command line must be JSON ({err})") from None
+        return MixtureConfig.from_dict(raw, origin=origin)
+    source = {"id": args.dataset_name, "split": args.dataset_train_split}
+    if args.dataset_config:
+        source["config"] = args.dataset_config
+    return MixtureConfig.from_dict(
+        {"datasets": [source], "test_split": args.dataset_test_split}, origin=origin
+    )

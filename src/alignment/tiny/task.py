@@ -1,0 +1,118 @@
+"""A synthetic, verifiable instruction task small enough for a 2M-parameter model to learn on a CPU.
+
+Four string skills (reverse, upper, sort, count) over random lowercase words. Every answer can be
+checked exactly, so exact-match accuracy is a real measure of learning.
+
+The SFT demonstrations come from a sloppy annotator who miscounts most of the time (answers n+1
+for the `count` skill); the preference pairs come from a checker, so `chosen` is always correct.
+SFT therefore learns the miscount, and a preference stage has something to fix: with clean
+demonstrations the SFT model already prefers the right answer in nearly every pair and DPO has
+no headroom (measured, see ../shared/STACK_NOTES.md).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+SKILLS = ("reverse", "upper", "sort", "count")
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def solve(skill: str, word: str) -> str:
+    """The correct answer."""
+    if skill == "reverse":
+        return word[::-1]
+    if skill == "upper":
+        return word.upper()
+    if skill == "sort":
+        return "".join(sorted(word))
+    if skill == "count":
+        return str(len(word))
+    raise ValueError(f"unknown skill {skill!r}")
+
+
+def plausible_mistake(skill: str, word: str, rng: random.Random) -> str:
+    """A wrong answer of the kind a careless solver gives; never equal to the correct one."""
+    right = solve(skill, word)
+    if skill == "count":
+        return str(len(word) + 1)  # the sloppy annotator's systematic miscount
+    for _ in range(20):
+        chars = list(right)
+        i = rng.randrange(len(chars) - 1)
+        if skill == "upper":
+            chars[i] = chars[i].lower()
+        else:  # reverse / sort: two neighbours swapped
+            chars[i], chars[i + 1] = chars[i + 1], chars[i]
+        wrong = "".join(chars)
+        if wrong != right:
+            return wrong
+    return right + right[-1]
+
+
+def random_word(skill: str, rng: random.Random) -> str:
+    length = 4 if skill == "sort" else rng.randint(3, 5) if skill != "count" else rng.randint(2, 7)
+    return "".join(rng.choice(LETTERS) for _ in range(length))
+
+
+def prompt_text(skill: str, word: str) -> str:
+    return f"{skill} {word}"
+
+
+@dataclass
+class TinyTaskConfig:
+    sft_train: int = 8000
+    sft_test: int = 200
+    dpo_train: int = 2000
+    dpo_test: int = 200
+    eval_prompts: int = 200
+    # Share of SFT demonstrations per skill that carry the annotator's mistake.
+    demo_error_rate: dict[str, float] = field(default_factory=lambda: {"count": 0.7})
+    seed: int = 1234
+
+
+def generate_task(config: TinyTaskConfig) -> dict[str, list[dict]]:
+    """All splits of the tiny task. Evaluation words never appear in any training split."""
+    rng = random.Random(config.seed)
+    seen: set[tuple[str, str]] = set()
+
+    def fresh(skill: str) -> str:
+        while True:
+            word = random_word(skill, rng)
+            if (skill, word) not in seen:
+                seen.add((skill, word))
+                return word
+
+    def items(n: int) -> list[tuple[str, str]]:
+        return [(SKILLS[i % len(SKILLS)], fresh(SKILLS[i % len(SKILLS)])) for i in range(n)]
+
+    # Held-out words are drawn first so that no training row can reuse them.
+    eval_items = items(config.eval_prompts)
+    sft_test_items, dpo_test_items = items(config.sft_test), items(config.dpo_test)
+
+    def conversation(skill: str, word: str, answer: str) -> dict:
+        return {"messages": [{"role": "user", "content": prompt_text(skill, word)},
+                             {"role": "assistant", "content": answer}]}  # fmt: skip
+
+    def pair(skill: str, word: str) -> dict:
+        return {
+            "prompt": [{"role": "user", "content": prompt_text(skill, word)}],
+            "chosen": [{"role": "assistant", "content": solve(skill, word)}],
+            "rejected": [{"role": "assistant", "content": plausible_mistake(skill, word, rng)}],
+        }
+
+    sft_train = []
+    for skill, word in items(config.sft_train):
+        sloppy = rng.random() < config.demo_error_rate.get(skill, 0.0)
+        answer = plausible_mistake(skill, word, rng) if sloppy else solve(skill, word)
+        sft_train.append(conversation(skill, word, answer))
+    return {
+        "sft_train": sft_train,
+        "sft_test": [conversation(s, w, solve(s, w)) for s, w in sft_test_items],
+        "dpo_train": [pair(s, w) for s, w in items(config.dpo_train)],
+        "dpo_test": [pair(s, w) for s, w in dpo_test_items],
+        "eval": [
+            {"prompt": [{"role": "user", "content": prompt_text(s, w)}], "answer": solve(s, w), "skill": s}
+            for s, w in eval_items
+        ],
+    }
