@@ -96,7 +96,8 @@ def load_model(recipe: Recipe, tokenizer: Any) -> Any:
         _resize(model, tokenizer)
         model = PeftModel.from_pretrained(model, margs.model_name_or_path)
         if quantization is None:
-            model = model.merge_and_unload()
+            # PEFT froze the base when wrapping it; the merged model is trained in full (or re-wrapped by TRL).
+            model = model.merge_and_unload().requires_grad_(True)
         else:
             # A 4/8-bit base cannot absorb the adapter; keep it as a frozen stack under the new adapter.
             logger.warning("quantized base: the previous stage's adapter is kept unmerged and frozen")

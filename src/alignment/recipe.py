@@ -18,6 +18,7 @@ import functools
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -242,9 +243,11 @@ def _parser(dataclass_types: Sequence[type]):
 
     class RecipeParser(HfArgumentParser):
         def error(self, message: str):  # argparse would print usage and exit; we want one line
-            raise RecipeError(message.replace("argument --", "`").replace(": ", "`: ", 1))
+            match = re.match(r"argument --([\w-]+)(?:/--[\w-]+)?: (.*)", message)
+            raise RecipeError(f"`{match[1]}`: {match[2]}" if match else message)
 
-    return RecipeParser(dataclass_types)
+    # allow_abbrev=False: argparse would otherwise accept `--num_train_epoch` as `--num_train_epochs`.
+    return RecipeParser(dataclass_types, allow_abbrev=False)
 
 
 def _check_choices(parser, values: dict[str, Any], origin: str) -> None:

@@ -1,0 +1,85 @@
+"""End-to-end SFT on the tiny recipe: learning, saving, reloading, resuming, adapters, two processes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from alignment.evaluation import generate_answers, load_for_eval, read_jsonl
+
+from .conftest import QUICK, TINY_SFT, run_script
+
+pytestmark = pytest.mark.slow
+
+
+def logged_losses(output_dir: Path) -> list[float]:
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+
+
+def test_sft_loss_decreases_and_outputs_are_complete(sft_model):
+    losses = logged_losses(sft_model)
+    assert len(losses) >= 10
+    assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3, losses
+    for name in ("model.safetensors", "tokenizer.json", "chat_template.jinja", "generation_config.json",
+                 "train_results.json", "eval_results.json", "README.md"):  # fmt: skip
+        assert (sft_model / name).is_file(), name
+    card = (sft_model / "README.md").read_text()
+    assert "recipes/tiny/sft/config.yaml" in card and "train_loss" in card and "data/tiny/sft" in card
+
+
+def test_saved_model_reloads_and_stops_at_end_of_turn(sft_model, tiny_data):
+    model, tokenizer = load_for_eval(sft_model)
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token != tokenizer.eos_token
+    generation = json.loads((sft_model / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    rows = read_jsonl(tiny_data / "data" / "tiny" / "eval.jsonl")[:20]
+    replies = generate_answers(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=16)
+    # A model that learned the format answers briefly and stops, instead of running to max_new_tokens.
+    assert sum(0 < len(r) <= 8 for r in replies) >= 15, replies
+
+
+def test_resume_continues_from_last_checkpoint(workdir):
+    out = "runs/resume"
+    run_script("sft", TINY_SFT, *QUICK, "--output_dir", out, "--max_steps", "6", "--save_steps", "3", cwd=workdir)
+    assert (workdir / out / "checkpoint-6").is_dir()
+    first = logged_losses(workdir / out)
+    done = run_script("sft", TINY_SFT, *QUICK, "--output_dir", out, "--max_steps", "10", "--save_steps", "3",
+                      "--log_level", "info", cwd=workdir)  # fmt: skip
+    log = done.stdout + done.stderr
+    assert "resuming from runs/resume/checkpoint-6" in log and "global step 6" in log
+    state = json.loads((workdir / out / "trainer_state.json").read_text())
+    assert state["global_step"] == 10
+    assert logged_losses(workdir / out)[: len(first)] == first  # history carried over, not retrained
+
+
+def test_lora_adapter_trains_and_next_stage_loads_it_on_its_base(workdir):
+    adapter = workdir / "runs" / "lora"
+    run_script("sft", TINY_SFT, *QUICK, "--output_dir", str(adapter), "--max_steps", "6", "--use_peft", "true",
+               "--lora_r", "8", "--lora_alpha", "16", "--lora_target_modules", "q_proj", "v_proj", cwd=workdir)  # fmt: skip
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["r"] == 8 and set(config["target_modules"]) == {"q_proj", "v_proj"}
+    assert not (adapter / "model.safetensors").exists()
+    assert (adapter / "generation_config.json").is_file()
+    done = run_script("sft", TINY_SFT, *QUICK, "--model_name_or_path", str(adapter), "--output_dir", "runs/after",
+                      "--max_steps", "2", "--log_level", "info", cwd=workdir)  # fmt: skip
+    assert "is an adapter: loading it on its base" in done.stdout + done.stderr
+    assert (workdir / "runs" / "after" / "model.safetensors").is_file()
+
+
+def test_qlora_4bit_runs_on_cpu(workdir):
+    out = workdir / "runs" / "qlora"
+    run_script("sft", TINY_SFT, *QUICK, "--output_dir", str(out), "--max_steps", "3", "--use_peft", "true",
+               "--load_in_4bit", "true", "--lora_target_modules", "all-linear", cwd=workdir)  # fmt: skip
+    assert (out / "adapter_config.json").is_file()
+
+
+def test_two_processes_share_the_batch(workdir):
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    done = run_script("sft", TINY_SFT, *QUICK, "--output_dir", "runs/ddp", "--max_steps", "4",
+                      "--per_device_train_batch_size", "8", "--log_level", "info", cwd=workdir, launcher=launcher)  # fmt: skip
+    assert "Total train batch size (w. parallel, distributed & accumulation) = 16" in done.stdout + done.stderr
+    assert json.loads((workdir / "runs" / "ddp" / "trainer_state.json").read_text())["global_step"] == 4
