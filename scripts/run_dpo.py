@@ -22,9 +22,9 @@ def main(argv: list[str] | None = None) -> None:
     from trl import DPOTrainer
 
     from alignment.data.mixture import load_mixture
+    from alignment.logs import setup_logging
     from alignment.model import load_model, load_tokenizer, peft_config_for
     from alignment.training import finish_training, resume_checkpoint
-    from alignment.logs import setup_logging
 
     setup_logging(recipe.training)
 

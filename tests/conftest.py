@@ -41,8 +41,15 @@ def workdir(tiny_data: Path, tmp_path: Path) -> Path:
 def run_script(stage: str, recipe: Path | str, *overrides: str, cwd: Path, launcher: list[str] | None = None,
                check: bool = True) -> subprocess.CompletedProcess:  # fmt: skip
     """Run scripts/run_<stage>.py the way a user does, from `cwd`; fail the test with the output tail on error."""
-    command = [*(launcher or [sys.executable]), str(REPO / "scripts" / f"run_{stage}.py"), str(recipe), *overrides]
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    command = [
+        *(launcher or [sys.executable]),
+        str(REPO / "scripts" / f"run_{stage}.py"),
+        str(recipe),
+        *overrides,
+    ]
+    done = subprocess.run(
+        command, cwd=cwd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
     if check and done.returncode != 0:
         pytest.fail(f"{stage} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
     return done

@@ -13,6 +13,12 @@ from alignment.data.mixture import MixtureConfig, load_mixture
 from alignment.errors import RecipeError
 
 
+@pytest.fixture(autouse=True)
+def private_datasets_cache(tmp_path, monkeypatch):
+    """Arrow caches of the test files go under tmp_path, not the user's cache."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets-cache")
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -225,11 +231,6 @@ def test_missing_relative_file_raises_naming_the_path(tmp_path, monkeypatch):
         mix({"datasets": [{"id": "data/train.jsonl"}]})
 
 
-@pytest.mark.xfail(
-    reason="is_local() treats `data/tiny/sft` (two slashes, so never a Hub id) as a Hub id when the folder is "
-    "missing; datasets then raises FileNotFoundError instead of RecipeError",
-    strict=True,
-)
 def test_missing_relative_folder_raises_recipe_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(RecipeError, match="data/tiny/sft"):
@@ -268,21 +269,12 @@ def test_dataset_dict_saved_to_disk_gives_its_splits(tmp_path):
     assert texts(out["test"]) == [f"test{i}" for i in range(3)]
 
 
-@pytest.mark.xfail(
-    reason="load_source ignores the split for a folder saved from a single Dataset: test_split returns the "
-    "training rows themselves as the eval set",
-    strict=True,
-)
 def test_single_saved_dataset_has_no_test_split(tmp_path):
     datasets.Dataset.from_list(numbered(10)).save_to_disk(str(tmp_path / "saved"))
     with pytest.raises(RecipeError, match="test"):
         mix({"datasets": [{"id": str(tmp_path / "saved")}], "test_split": "test"})
 
 
-@pytest.mark.xfail(
-    reason="a saved DatasetDict without the requested split raises a bare KeyError('test'), not RecipeError",
-    strict=True,
-)
 def test_saved_dataset_dict_without_the_split_raises_naming_it(tmp_path):
     saved = tmp_path / "saved"
     datasets.DatasetDict({"train": datasets.Dataset.from_list(numbered(4))}).save_to_disk(str(saved))

@@ -100,11 +100,18 @@ def test_legacy_dataset_mixer_becomes_a_mixture(tmp_path):
     path = tmp_path / "old.yaml"
     path.write_text(
         yaml.safe_dump(
-            {**keys, "dataset_mixer": {"org/a": 0.5, "org/b": 1.0}, "dataset_splits": ["train_sft", "test_sft"]}
+            {
+                **keys,
+                "dataset_mixer": {"org/a": 0.5, "org/b": 1.0},
+                "dataset_splits": ["train_sft", "test_sft"],
+            }
         )
     )
     mixture = parse_recipe("sft", [str(path)]).mixture
-    assert [(s.id, s.split, s.weight) for s in mixture.datasets] == [("org/a", "train_sft", 0.5), ("org/b", "train_sft", 1.0)]
+    assert [(s.id, s.split, s.weight) for s in mixture.datasets] == [
+        ("org/a", "train_sft", 0.5),
+        ("org/b", "train_sft", 1.0),
+    ]
     assert mixture.test_split == "test_sft"
 
 
@@ -124,7 +131,9 @@ def test_unknown_dpo_loss_type(tmp_path):
 
 
 def test_dpo_loss_variants_are_accepted(tmp_path):
-    recipe = parse_recipe("dpo", [write(tmp_path, loss_type=["sigmoid", "sft"], beta=0.2), "--loss_type", "ipo"])
+    recipe = parse_recipe(
+        "dpo", [write(tmp_path, loss_type=["sigmoid", "sft"], beta=0.2), "--loss_type", "ipo"]
+    )
     assert recipe.training.loss_type == ["ipo"]
 
 
@@ -192,7 +201,9 @@ def test_mixture_from_command_line_json(tmp_path):
     keys = {k: v for k, v in BASE.items() if k != "dataset_name"}
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(keys))
-    mixture = parse_recipe("sft", [str(path), "--dataset_mixture", '{"datasets": [{"id": "a", "weight": 0.25}]}']).mixture
+    mixture = parse_recipe(
+        "sft", [str(path), "--dataset_mixture", '{"datasets": [{"id": "a", "weight": 0.25}]}']
+    ).mixture
     assert mixture.datasets[0].weight == 0.25
 
 

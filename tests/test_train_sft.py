@@ -44,7 +44,9 @@ def test_saved_model_reloads_and_stops_at_end_of_turn(sft_model, tiny_data):
 
 def test_resume_continues_from_last_checkpoint(workdir):
     out = "runs/resume"
-    run_script("sft", TINY_SFT, *QUICK, "--output_dir", out, "--max_steps", "6", "--save_steps", "3", cwd=workdir)
+    run_script(
+        "sft", TINY_SFT, *QUICK, "--output_dir", out, "--max_steps", "6", "--save_steps", "3", cwd=workdir
+    )
     assert (workdir / out / "checkpoint-6").is_dir()
     first = logged_losses(workdir / out)
     done = run_script("sft", TINY_SFT, *QUICK, "--output_dir", out, "--max_steps", "10", "--save_steps", "3",
@@ -81,5 +83,7 @@ def test_two_processes_share_the_batch(workdir):
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     done = run_script("sft", TINY_SFT, *QUICK, "--output_dir", "runs/ddp", "--max_steps", "4",
                       "--per_device_train_batch_size", "8", "--log_level", "info", cwd=workdir, launcher=launcher)  # fmt: skip
-    assert "Total train batch size (w. parallel, distributed & accumulation) = 16" in done.stdout + done.stderr
+    assert (
+        "Total train batch size (w. parallel, distributed & accumulation) = 16" in done.stdout + done.stderr
+    )
     assert json.loads((workdir / "runs" / "ddp" / "trainer_state.json").read_text())["global_step"] == 4

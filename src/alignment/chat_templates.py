@@ -8,6 +8,7 @@ newline after it) inside the marked block, so the model learns to stop and DPO s
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,8 +71,13 @@ BUILTIN_TEMPLATES: dict[str, ChatTemplate] = {t.name: t for t in (CHATML, ZEPHYR
 PAD_TOKEN = "<|pad|>"
 
 
+GENERATION_TAG = re.compile(
+    r"\{%-?\s*generation\s*-?%\}"
+)  # the tag as transformers' Jinja extension reads it
+
+
 def has_generation_markers(template: str | None) -> bool:
-    return bool(template) and "{% generation %}" in template.replace("{%- generation %}", "{% generation %}")
+    return bool(template) and GENERATION_TAG.search(template) is not None
 
 
 def apply_chat_template(tokenizer: Any, name_or_jinja: str | None) -> int:
@@ -87,12 +93,16 @@ def apply_chat_template(tokenizer: Any, name_or_jinja: str | None) -> int:
             tokenizer.add_tokens(missing, special_tokens=True)
         tokenizer.chat_template = chosen.template
         if chosen.end_of_turn is not None and tokenizer.eos_token != chosen.end_of_turn:
-            logger.info(f"chat template {chosen.name}: EOS set to {chosen.end_of_turn} (was {tokenizer.eos_token})")
+            logger.info(
+                f"chat template {chosen.name}: EOS set to {chosen.end_of_turn} (was {tokenizer.eos_token})"
+            )
             tokenizer.eos_token = chosen.end_of_turn
     elif name_or_jinja is not None:
         tokenizer.chat_template = name_or_jinja
     if tokenizer.chat_template is None:
-        logger.warning("the tokenizer has no chat template and the recipe sets none: conversational data will fail")
+        logger.warning(
+            "the tokenizer has no chat template and the recipe sets none: conversational data will fail"
+        )
     ensure_pad_token(tokenizer)
     return len(tokenizer) - before
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +35,28 @@ def resolved_values(recipe: Recipe) -> dict[str, Any]:
     return out
 
 
-def plan(recipe: Recipe) -> dict[str, Any]:
+def plan(recipe: Recipe, processes: int | None = None) -> dict[str, Any]:
+    """The dry-run summary; `processes` defaults to the launcher's world size."""
     t = recipe.training
-    world = recipe.world_size
+    world = processes or recipe.world_size
     return {
         "stage": recipe.stage,
         "recipe": recipe.path,
         "model": recipe.model.model_name_or_path,
         "precision": "bf16" if t.bf16 else "fp16" if t.fp16 else "fp32",
-        "peft": ("qlora-4bit" if recipe.model.load_in_4bit else "qlora-8bit" if recipe.model.load_in_8bit
-                 else "dora" if recipe.model.use_dora else "lora") if recipe.model.use_peft else "full",  # fmt: skip
+        "peft": (
+            "qlora-4bit"
+            if recipe.model.load_in_4bit
+            else "qlora-8bit"
+            if recipe.model.load_in_8bit
+            else "dora"
+            if recipe.model.use_dora
+            else "lora"
+        )
+        if recipe.model.use_peft
+        else "full",  # fmt: skip
         "processes": world,
-        "global_batch_size": recipe.global_batch_size,
+        "global_batch_size": recipe.global_batch_size(world),
         "global_batch_size_formula": (
             f"{t.per_device_train_batch_size} per device x {t.gradient_accumulation_steps} accumulation "
             f"x {world} processes"
@@ -61,9 +72,9 @@ def plan(recipe: Recipe) -> dict[str, Any]:
     }
 
 
-def print_plan(recipe: Recipe) -> dict[str, Any]:
-    """Print the dry-run plan as YAML (readable, and parseable by tests and tools)."""
-    summary = plan(recipe)
-    if recipe.world_size == 1 or int(__import__("os").environ.get("RANK", "0")) == 0:
+def print_plan(recipe: Recipe, processes: int | None = None) -> dict[str, Any]:
+    """Print the dry-run plan as YAML (readable, and parseable by tests and tools), once per launch."""
+    summary = plan(recipe, processes)
+    if int(os.environ.get("RANK", "0")) == 0:
         print(yaml.safe_dump(summary, sort_keys=False, default_flow_style=False).rstrip())
     return summary

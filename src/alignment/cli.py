@@ -1,15 +1,14 @@
 """The `alignment` command: a second door to the same scripts and library.
 
-    alignment sft RECIPE [--key value ...]      # = python scripts/run_sft.py RECIPE ...
-    alignment dpo RECIPE [--key value ...]
-    alignment check RECIPE [--stage S] [--num_processes N] [--key value ...]   # dry run
-    alignment tiny build [DIR]                   # the embedded model and task
-    alignment demo                               # build, SFT, DPO, held-out numbers
+alignment sft RECIPE [--key value ...]      # = python scripts/run_sft.py RECIPE ...
+alignment dpo RECIPE [--key value ...]
+alignment check RECIPE [--stage S] [--num_processes N] [--key value ...]   # dry run
+alignment tiny build [DIR]                   # the embedded model and task
+alignment demo                               # build, SFT, DPO, held-out numbers
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
 from alignment.errors import RecipeError
@@ -38,10 +37,12 @@ def check(argv: list[str]) -> None:
     processes = _pop_option(argv, "--num_processes")
     path, _ = split_recipe_path(argv)
     if path is None:
-        raise RecipeError("usage: alignment check RECIPE [--stage STAGE] [--num_processes N] [--key value ...]")
-    if processes is not None:
-        os.environ["WORLD_SIZE"] = processes  # read by Recipe.global_batch_size only
-    print_plan(parse_recipe(stage or infer_stage(path), argv))
+        raise RecipeError(
+            "usage: alignment check RECIPE [--stage STAGE] [--num_processes N] [--key value ...]"
+        )
+    if processes is not None and not processes.isdigit():
+        raise RecipeError(f"`--num_processes` must be a positive integer, got {processes!r}")
+    print_plan(parse_recipe(stage or infer_stage(path), argv), int(processes) if processes else None)
 
 
 @exit_on_recipe_error

@@ -70,7 +70,9 @@ def completion_logprobs(model: Any, tokenizer: Any, prompt: list[dict], completi
     """Sum of log-probabilities of the completion's tokens given the prompt, under the chat template."""
     import torch
 
-    prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
+    prompt_ids = tokenizer.apply_chat_template(
+        prompt, add_generation_prompt=True, tokenize=True, return_dict=True
+    )
     full_ids = tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)
     prompt_ids, full_ids = prompt_ids["input_ids"], full_ids["input_ids"]
     ids = torch.tensor([full_ids])
@@ -92,8 +94,8 @@ def preference_accuracy(model: Any, tokenizer: Any, pairs: list[dict], reference
             model, tokenizer, pair["prompt"], pair["rejected"]
         )
         if reference is not None:
-            margin -= completion_logprobs(reference, tokenizer, pair["prompt"], pair["chosen"]) - completion_logprobs(
-                reference, tokenizer, pair["prompt"], pair["rejected"]
-            )
+            margin -= completion_logprobs(
+                reference, tokenizer, pair["prompt"], pair["chosen"]
+            ) - completion_logprobs(reference, tokenizer, pair["prompt"], pair["rejected"])
         correct += margin > 0
     return correct / len(pairs)

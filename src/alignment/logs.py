@@ -22,7 +22,9 @@ def setup_logging(training: Any) -> None:
         handlers=[logging.StreamHandler(sys.stdout)],
         force=True,
     )
-    logging.getLogger("alignment").setLevel(min(level, logging.INFO) if training.process_index == 0 else level)
+    logging.getLogger("alignment").setLevel(
+        min(level, logging.INFO) if training.process_index == 0 else level
+    )
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
     transformers.utils.logging.enable_default_handler()

@@ -54,7 +54,9 @@ def load_tokenizer(recipe: Recipe) -> Any:
         source, revision=margs.model_revision, trust_remote_code=recipe.training.trust_remote_code
     )
     apply_chat_template(tokenizer, recipe.args.chat_template)
-    if getattr(recipe.training, "assistant_only_loss", False) and not has_generation_markers(tokenizer.chat_template):
+    if getattr(recipe.training, "assistant_only_loss", False) and not has_generation_markers(
+        tokenizer.chat_template
+    ):
         raise RecipeError(
             "`assistant_only_loss: true` needs a chat template with {% generation %} markers; "
             f"set `chat_template` to a built-in ({', '.join(sorted(BUILTIN_TEMPLATES))})"
@@ -84,7 +86,9 @@ def load_model(recipe: Recipe, tokenizer: Any) -> Any:
         from accelerate import PartialState
 
         kwargs["quantization_config"] = quantization
-        kwargs["device_map"] = {"": PartialState().local_process_index} if torch.cuda.is_available() else {"": "cpu"}
+        kwargs["device_map"] = (
+            {"": PartialState().local_process_index} if torch.cuda.is_available() else {"": "cpu"}
+        )
     base = adapter_base(margs.model_name_or_path)
     if base is None:
         model = AutoModelForCausalLM.from_pretrained(margs.model_name_or_path, **kwargs)

@@ -12,6 +12,7 @@ bf16 traceback on a CPU-only machine.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import functools
@@ -81,7 +82,9 @@ class RecipeArguments:
     )
     dry_run: bool = field(
         default=False,
-        metadata={"help": "Validate the recipe and print the resolved configuration; load nothing, train nothing."},
+        metadata={
+            "help": "Validate the recipe and print the resolved configuration; load nothing, train nothing."
+        },
     )
 
 
@@ -123,12 +126,12 @@ class Recipe:
 
     @property
     def world_size(self) -> int:
+        """Processes this run trains on, as set by `accelerate launch`/torchrun (1 when run directly)."""
         return int(os.environ.get("WORLD_SIZE", "1"))
 
-    @property
-    def global_batch_size(self) -> int:
+    def global_batch_size(self, processes: int | None = None) -> int:
         t = self.training
-        return t.per_device_train_batch_size * t.gradient_accumulation_steps * self.world_size
+        return t.per_device_train_batch_size * t.gradient_accumulation_steps * (processes or self.world_size)
 
 
 # --- Legacy keys -------------------------------------------------------------------------------------
@@ -150,7 +153,9 @@ REMOVED_KEYS = {
 }
 
 
-def migrate_legacy_keys(config: dict[str, Any], stage: str, valid: set[str]) -> tuple[dict[str, Any], list[str]]:
+def migrate_legacy_keys(
+    config: dict[str, Any], stage: str, valid: set[str]
+) -> tuple[dict[str, Any], list[str]]:
     """Rewrite Alignment Handbook / older TRL keys to today's, returning the new mapping and one note per change."""
     config = dict(config)
     notes = []
@@ -163,14 +168,18 @@ def migrate_legacy_keys(config: dict[str, Any], stage: str, valid: set[str]) -> 
     if "use_flash_attention_2" in config:
         if config.pop("use_flash_attention_2"):
             config.setdefault("attn_implementation", "flash_attention_2")
-        notes.append("legacy key `use_flash_attention_2` migrated to `attn_implementation: flash_attention_2`")
+        notes.append(
+            "legacy key `use_flash_attention_2` migrated to `attn_implementation: flash_attention_2`"
+        )
     for old, why in REMOVED_KEYS.items():
         if old in config and old not in valid:
             config.pop(old)
             notes.append(f"key `{old}` ignored: {why}")
     if "dataset_mixer" in config:
         if "dataset_mixture" in config:
-            raise RecipeError("both `dataset_mixer` (legacy) and `dataset_mixture` are set; keep only `dataset_mixture`")
+            raise RecipeError(
+                "both `dataset_mixer` (legacy) and `dataset_mixture` are set; keep only `dataset_mixture`"
+            )
         mixer = config.pop("dataset_mixer")
         splits = config.pop("dataset_splits", ["train", "test"])
         if not isinstance(mixer, dict):
@@ -187,7 +196,9 @@ def migrate_legacy_keys(config: dict[str, Any], stage: str, valid: set[str]) -> 
             f"(train split {train[0]!r}, test split {test[0] if test else None!r})"
         )
     elif "dataset_splits" in config:
-        raise RecipeError("`dataset_splits` without `dataset_mixer`: use `dataset_mixture` with `split`/`test_split`")
+        raise RecipeError(
+            "`dataset_splits` without `dataset_mixer`: use `dataset_mixture` with `split`/`test_split`"
+        )
     return config, notes
 
 
@@ -320,6 +331,13 @@ def _apply_device_fallbacks(values: dict[str, Any], explicit: set[str], notes: l
 
 def parse_recipe(stage: str, argv: Sequence[str] | None = None) -> Recipe:
     """Parse `[RECIPE] [--key value ...]` for `stage` into a validated `Recipe`. Loads no model or data."""
+    # TRL/transformers can print to stdout while importing or building configs (wandb's offline notice);
+    # stdout stays ours, for the dry-run plan.
+    with contextlib.redirect_stdout(sys.stderr):
+        return _parse_recipe(stage, argv)
+
+
+def _parse_recipe(stage: str, argv: Sequence[str] | None) -> Recipe:
     from trl import ModelConfig
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -395,7 +413,9 @@ def resolve_mixture(args: RecipeArguments, origin: str) -> MixtureConfig:
             try:
                 raw = json.loads(raw)
             except json.JSONDecodeError as err:
-                raise RecipeError(f"{origin}: `dataset_mixture` on the command line must be JSON ({err})") from None
+                raise RecipeError(
+                    f"{origin}: `dataset_mixture` on the command line must be JSON ({err})"
+                ) from None
         return MixtureConfig.from_dict(raw, origin=origin)
     source = {"id": args.dataset_name, "split": args.dataset_train_split}
     if args.dataset_config:

@@ -93,7 +93,10 @@ def write_model_card(output_dir: Path, recipe: Recipe, metrics: dict[str, float]
         "",
         "| metric | value |",
         "| --- | --- |",
-        *(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(metrics.items())),
+        *(
+            f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
+            for k, v in sorted(metrics.items())
+        ),
         "",
         "## Recipe",
         "",
@@ -103,7 +106,11 @@ def write_model_card(output_dir: Path, recipe: Recipe, metrics: dict[str, float]
         recipe_text.rstrip(),
         "```",
         "",
-        *(["Adjustments made when the recipe was read:", "", *(f"- {n}" for n in recipe.notes), ""] if recipe.notes else []),
+        *(
+            ["Adjustments made when the recipe was read:", "", *(f"- {n}" for n in recipe.notes), ""]
+            if recipe.notes
+            else []
+        ),
         "## Framework versions",
         "",
         f"- transformers {transformers.__version__}, trl {trl.__version__}, torch {torch.__version__}, "

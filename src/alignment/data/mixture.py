@@ -62,19 +62,29 @@ class MixtureConfig:
             _reject_unknown(source, DatasetSource, origin, where)
             weight = source.get("weight", 1.0)
             if not isinstance(weight, int | float) or isinstance(weight, bool) or not 0 < weight <= 1:
-                raise RecipeError(f"{origin}: `{where}.weight` is {weight!r}; it must be a fraction in (0, 1]")
+                raise RecipeError(
+                    f"{origin}: `{where}.weight` is {weight!r}; it must be a fraction in (0, 1]"
+                )
             columns = source.get("columns")
-            if columns is not None and (not isinstance(columns, list) or not all(isinstance(c, str) for c in columns)):
+            if columns is not None and (
+                not isinstance(columns, list) or not all(isinstance(c, str) for c in columns)
+            ):
                 raise RecipeError(f"{origin}: `{where}.columns` must be a list of column names")
             parsed.append(DatasetSource(**{**source, "id": str(source["id"]), "weight": float(weight)}))
         size = raw.get("test_split_size")
         if size is not None:
             if isinstance(size, bool) or not isinstance(size, int | float) or size <= 0:
-                raise RecipeError(f"{origin}: `dataset_mixture.test_split_size` is {size!r}; use a fraction or a count")
+                raise RecipeError(
+                    f"{origin}: `dataset_mixture.test_split_size` is {size!r}; use a fraction or a count"
+                )
             if isinstance(size, float) and size >= 1:
-                raise RecipeError(f"{origin}: `dataset_mixture.test_split_size` {size} is a fraction, so below 1")
+                raise RecipeError(
+                    f"{origin}: `dataset_mixture.test_split_size` {size} is a fraction, so below 1"
+                )
         if size is not None and raw.get("test_split"):
-            raise RecipeError(f"{origin}: set one of `dataset_mixture.test_split` and `test_split_size`, not both")
+            raise RecipeError(
+                f"{origin}: set one of `dataset_mixture.test_split` and `test_split_size`, not both"
+            )
         seed = raw.get("seed", 0)
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise RecipeError(f"{origin}: `dataset_mixture.seed` must be an integer")
@@ -94,28 +104,46 @@ def _reject_unknown(raw: dict, cls: type, origin: str, where: str) -> None:
 
 
 def is_local(source_id: str) -> bool:
-    return Path(source_id).exists() or source_id.startswith(("./", "../", "/")) or Path(source_id).suffix in FILE_BUILDERS
+    """A Hub id is `name` or `org/name`; anything else that looks like a path is a local source."""
+    return (
+        Path(source_id).exists()
+        or source_id.startswith(("./", "../", "/", "~"))
+        or source_id.count("/") >= 2
+        or Path(source_id).suffix in FILE_BUILDERS
+    )
 
 
 def load_source(source: DatasetSource, split: str) -> Dataset:
     """Load one split of one source, from a local file, a local folder or the Hub."""
     import datasets
 
-    path = Path(source.id)
+    path = Path(source.id).expanduser()
     if is_local(source.id) and not path.exists():
         raise RecipeError(f"dataset not found: {source.id} (a local path; build it or fix `id`)")
     if path.is_file():
         builder = FILE_BUILDERS.get(path.suffix)
         if builder is None:
-            raise RecipeError(f"dataset file {source.id}: unsupported type; use one of {', '.join(FILE_BUILDERS)}")
+            raise RecipeError(
+                f"dataset file {source.id}: unsupported type; use one of {', '.join(FILE_BUILDERS)}"
+            )
         if split != "train":
             raise RecipeError(f"dataset file {source.id} has only a `train` split, not {split!r}")
         return datasets.load_dataset(builder, data_files=str(path), split="train")
     if path.is_dir() and (path / "dataset_dict.json").exists():
-        return datasets.load_from_disk(str(path))[split]
+        saved = datasets.load_from_disk(str(path))
+        if split not in saved:
+            raise RecipeError(f"dataset {source.id} has no split {split!r} (has {', '.join(saved)})")
+        return saved[split]
     if path.is_dir() and (path / "state.json").exists():
+        if split != "train":
+            raise RecipeError(f"dataset {source.id} is a single saved split; it has no split {split!r}")
         return datasets.load_from_disk(str(path))
-    return datasets.load_dataset(source.id, name=source.config, split=split)
+    try:
+        return datasets.load_dataset(source.id, name=source.config, split=split)
+    except ValueError as err:
+        if "split" in str(err).lower():
+            raise RecipeError(f"dataset {source.id} has no split {split!r} ({err})") from None
+        raise
 
 
 def load_mixture(mixture: MixtureConfig) -> DatasetDict:
@@ -135,7 +163,9 @@ def load_mixture(mixture: MixtureConfig) -> DatasetDict:
         total = len(rows)
         if source.weight < 1:
             rows = rows.shuffle(seed=mixture.seed).select(range(round(total * source.weight)))
-        logger.info(f"dataset {source.id} [{source.split}]: kept {len(rows)} of {total} rows (weight {source.weight})")
+        logger.info(
+            f"dataset {source.id} [{source.split}]: kept {len(rows)} of {total} rows (weight {source.weight})"
+        )
         train_parts.append(rows)
         if mixture.test_split:
             test = load_source(source, mixture.test_split)
@@ -149,7 +179,9 @@ def load_mixture(mixture: MixtureConfig) -> DatasetDict:
         raise RecipeError(f"dataset_mixture: sources have different columns or types ({err})") from None
     if mixture.test_split_size is not None:
         split = train.train_test_split(test_size=mixture.test_split_size, seed=mixture.seed)
-        logger.info(f"mixture: {len(split['train'])} train rows, {len(split['test'])} eval rows (test_split_size)")
+        logger.info(
+            f"mixture: {len(split['train'])} train rows, {len(split['test'])} eval rows (test_split_size)"
+        )
         return split
     out = {"train": train}
     if test_parts:

@@ -117,5 +117,7 @@ def build_tiny(
     tiny.save_pretrained(out / "model")
     (out / "build.json").write_text(json.dumps({"task": asdict(task), "model": asdict(model)}, indent=2))
     n_params = sum(p.numel() for p in tiny.parameters())
-    logger.info(f"tiny model ({n_params / 1e6:.1f}M parameters, {len(tokenizer)} tokens) and task written to {out}")
+    logger.info(
+        f"tiny model ({n_params / 1e6:.1f}M parameters, {len(tokenizer)} tokens) and task written to {out}"
+    )
     return out

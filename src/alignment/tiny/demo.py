@@ -49,7 +49,10 @@ def run_demo(data_dir: str = DEFAULT_DIR, runs_dir: str = "runs/tiny") -> dict[s
         if done.returncode != 0:
             tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
             raise SystemExit(f"{stage} failed (exit {done.returncode}); last lines of {log}:\n{tail}")
-        results[stage] = {**score(output, data, reference_dir=previous if stage == "dpo" else None), "wall_s": wall}
+        results[stage] = {
+            **score(output, data, reference_dir=previous if stage == "dpo" else None),
+            "wall_s": wall,
+        }
         previous = output
     results["total"] = {"wall_s": time.time() - start}
     Path(runs_dir, "demo_results.json").write_text(json.dumps(results, indent=2))
