@@ -58,12 +58,13 @@ def test_resume_continues_from_last_checkpoint(workdir):
     assert logged_losses(workdir / out)[: len(first)] == first  # history carried over, not retrained
 
 
-def test_lora_adapter_trains_and_next_stage_loads_it_on_its_base(workdir):
+def test_dora_adapter_trains_and_next_stage_loads_it_on_its_base(workdir):
     adapter = workdir / "runs" / "lora"
     run_script("sft", TINY_SFT, *QUICK, "--output_dir", str(adapter), "--max_steps", "6", "--use_peft", "true",
-               "--lora_r", "8", "--lora_alpha", "16", "--lora_target_modules", "q_proj", "v_proj", cwd=workdir)  # fmt: skip
+               "--use_dora", "true", "--lora_r", "8", "--lora_alpha", "16", "--lora_target_modules", "q_proj", "v_proj",
+               cwd=workdir)  # fmt: skip
     config = json.loads((adapter / "adapter_config.json").read_text())
-    assert config["r"] == 8 and set(config["target_modules"]) == {"q_proj", "v_proj"}
+    assert config["r"] == 8 and config["use_dora"] and set(config["target_modules"]) == {"q_proj", "v_proj"}
     assert not (adapter / "model.safetensors").exists()
     assert (adapter / "generation_config.json").is_file()
     done = run_script("sft", TINY_SFT, *QUICK, "--model_name_or_path", str(adapter), "--output_dir", "runs/after",
