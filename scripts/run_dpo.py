@@ -2,7 +2,7 @@
 
     accelerate launch --config_file accelerate_configs/zero3.yaml scripts/run_dpo.py \
         recipes/zephyr-7b-beta/dpo/config_full.yaml
-    python scripts/run_dpo.py recipes/tiny/dpo/config.yaml --loss_type ipo   # CPU, a minute
+    python scripts/run_dpo.py recipes/tiny/dpo/config.yaml --loss_type ipo   # CPU, after the tiny SFT run
 
 Any recipe key can be overridden as `--key value`; `--dry_run` validates and prints the plan.
 """

@@ -2,7 +2,7 @@
 
     accelerate launch --config_file accelerate_configs/zero3.yaml scripts/run_sft.py \
         recipes/zephyr-7b-beta/sft/config_full.yaml
-    python scripts/run_sft.py recipes/tiny/sft/config.yaml --num_train_epochs 1   # CPU, a minute
+    python scripts/run_sft.py recipes/tiny/sft/config.yaml --num_train_epochs 1   # CPU, after `alignment tiny build`
 
 Any recipe key can be overridden as `--key value`; `--dry_run` validates and prints the plan.
 """

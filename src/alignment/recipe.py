@@ -380,8 +380,9 @@ def _parse_recipe(stage: str, argv: Sequence[str] | None) -> Recipe:
             raise RecipeError(f"{origin}: {first_line}") from None
     args, training, model = built
     mixture = resolve_mixture(args, origin)
-    for note in notes:
-        logger.warning(note)
+    if os.environ.get("RANK", "0") == "0":  # once per launch, not once per process
+        for note in notes:
+            logger.warning(note)
     return Recipe(stage, path, args, training, model, mixture, cli, notes)
 
 

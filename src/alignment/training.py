@@ -50,7 +50,10 @@ def finish_training(trainer: Any, recipe: Recipe, train_result: Any, datasets: A
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)
 
+    # Trainer.save_model would also push (with TRL's card); we push once, below, with ours.
+    push, trainer.args.push_to_hub = trainer.args.push_to_hub, False
     trainer.save_model(str(output_dir))
+    trainer.args.push_to_hub = push
     if trainer.accelerator.is_main_process:
         unwrapped = trainer.accelerator.unwrap_model(trainer.model)
         # A PEFT save writes only the adapter: the generation config (EOS = end of turn) goes beside it.
