@@ -23,19 +23,21 @@ def main(argv: list[str] | None = None) -> None:
 
     from alignment.data.mixture import load_mixture
     from alignment.logs import setup_logging
-    from alignment.model import load_model, load_tokenizer, peft_config_for
+    from alignment.model import load_model, load_reference_model, load_tokenizer, peft_config_for
     from alignment.training import finish_training, resume_checkpoint
 
     setup_logging(recipe.training)
 
-    # Data, tokenizer, model
+    # Data, tokenizer, policy and reference
     datasets = load_mixture(recipe.mixture)
     tokenizer = load_tokenizer(recipe)
     model = load_model(recipe, tokenizer)
+    reference = load_reference_model(recipe, tokenizer)
 
     # Training
     trainer = DPOTrainer(
         model=model,
+        ref_model=reference,
         args=recipe.training,
         train_dataset=datasets["train"],
         eval_dataset=datasets.get("test"),

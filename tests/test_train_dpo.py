@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import QUICK, TINY_DPO, run_script
+from .conftest import QUICK, TINY_DPO, TINY_SFT, run_script
 
 pytestmark = pytest.mark.slow
 
@@ -37,3 +37,19 @@ def test_loss_type_override_changes_the_objective(workdir, sft_model):
                cwd=workdir)  # fmt: skip
     first = next(e for e in log_history(out) if "loss" in e)
     assert first["loss"] == pytest.approx(1.0, abs=0.02)
+
+
+def test_dpo_from_an_adapter_uses_the_merged_model_as_reference(workdir, sft_model):
+    """At step 1 the policy is the reference, so the sigmoid loss is exactly ln 2: only if the reference is the
+    merged adapter stage. TRL's default (reload `config._name_or_path`, the base) would give another value."""
+    adapter = workdir / "runs" / "lora"
+    run_script("sft", TINY_SFT, *QUICK, "--model_name_or_path", str(sft_model), "--output_dir", str(adapter),
+               "--max_steps", "6", "--use_peft", "true", "--lora_r", "8", "--lora_target_modules", "all-linear",
+               "--learning_rate", "5e-3", cwd=workdir)  # fmt: skip
+    out = workdir / "runs" / "dpo-from-adapter"
+    done = run_script("dpo", TINY_DPO, "--disable_tqdm", "true", "--logging_steps", "1", "--model_name_or_path",
+                      str(adapter), "--output_dir", str(out), "--max_steps", "1", "--loss_type", "sigmoid",
+                      "--log_level", "info", cwd=workdir)  # fmt: skip
+    first = next(e for e in log_history(out) if "loss" in e)
+    assert first["loss"] == pytest.approx(0.6931, abs=1e-3)
+    assert "reference model: the merged adapter stage" in done.stdout + done.stderr

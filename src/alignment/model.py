@@ -144,3 +144,16 @@ def peft_config_for(recipe: Recipe, model: Any) -> Any:
                 param.requires_grad = True
         return None
     return get_peft_config(recipe.model)
+
+
+def load_reference_model(recipe: Recipe, tokenizer: Any) -> Any | None:
+    """DPO's frozen reference, where TRL's default would be wrong; None leaves the choice to TRL.
+
+    TRL disables the adapter of a PEFT policy, or reloads the reference from the policy's
+    `config._name_or_path`. For a policy merged from a previous stage's adapter that path is the
+    *base* model, so the reference would silently skip the previous stage: load the merged model again.
+    """
+    if recipe.model.use_peft or adapter_base(recipe.model.model_name_or_path) is None:
+        return None
+    logger.info("reference model: the merged adapter stage (not its base)")
+    return load_model(recipe, tokenizer)
