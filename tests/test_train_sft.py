@@ -80,11 +80,51 @@ def test_qlora_4bit_runs_on_cpu(workdir):
     assert (out / "adapter_config.json").is_file()
 
 
-def test_two_processes_share_the_batch(workdir):
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    done = run_script("sft", TINY_SFT, *QUICK, "--output_dir", "runs/ddp", "--max_steps", "4",
-                      "--per_device_train_batch_size", "8", "--log_level", "info", cwd=workdir, launcher=launcher)  # fmt: skip
-    assert (
-        "Total train batch size (w. parallel, distributed & accumulation) = 16" in done.stdout + done.stderr
+TWO_PROCESS_ARGS = (
+    "--max_steps",
+    "4",
+    "--per_device_train_batch_size",
+    "8",
+    "--logging_steps",
+    "1",
+    "--log_level",
+    "info",
+)
+
+
+def launch_two_processes(workdir: Path, out: str, *accelerate_args: str) -> str:
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", *accelerate_args, "--num_processes", "2"]
+    done = run_script(
+        "sft", TINY_SFT, *QUICK, *TWO_PROCESS_ARGS, "--output_dir", out, cwd=workdir, launcher=launcher
     )
-    assert json.loads((workdir / "runs" / "ddp" / "trainer_state.json").read_text())["global_step"] == 4
+    return done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tiny_data: Path) -> tuple[Path, str]:
+    """Plain DDP, 2 processes over gloo: the baseline the ZeRO runs are compared with."""
+    log = launch_two_processes(tiny_data, "runs/ddp", "--multi_gpu")
+    return tiny_data / "runs" / "ddp", log
+
+
+def test_two_processes_share_the_batch(ddp_run):
+    out, log = ddp_run
+    assert "Total train batch size (w. parallel, distributed & accumulation) = 16" in log
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
+
+
+@pytest.mark.parametrize("config", ["zero2", "zero3"])
+def test_deepspeed_configs_run_on_cpu_and_match_ddp(workdir, ddp_run, config, tmp_path_factory, monkeypatch):
+    """The shipped ZeRO configs, 2 processes over gloo (bf16 off: no GPU). Same losses as plain DDP, within 0.5%."""
+    pytest.importorskip("deepspeed")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path_factory.getbasetemp() / "torch_extensions"))
+    config_file = str(Path(__file__).resolve().parents[1] / "accelerate_configs" / f"{config}.yaml")
+    log = launch_two_processes(
+        workdir, f"runs/{config}", "--config_file", config_file, "--mixed_precision", "no"
+    )
+    assert "Total train batch size (w. parallel, distributed & accumulation) = 16" in log
+    zero, ddp = logged_losses(workdir / "runs" / config), logged_losses(ddp_run[0])
+    assert len(zero) == len(ddp) == 4
+    assert zero == pytest.approx(ddp, rel=5e-3)  # measured: within 0.2% (loss averaging across ranks differs)
+    model, _ = load_for_eval(workdir / "runs" / config)  # a full, loadable model, gathered from the shards
+    assert sum(p.numel() for p in model.parameters()) > 1_000_000
