@@ -153,9 +153,7 @@ REMOVED_KEYS = {
 }
 
 
-def migrate_legacy_keys(
-    config: dict[str, Any], stage: str, valid: set[str]
-) -> tuple[dict[str, Any], list[str]]:
+def migrate_legacy_keys(config: dict[str, Any], valid: set[str]) -> tuple[dict[str, Any], list[str]]:
     """Rewrite Alignment Handbook / older TRL keys to today's, returning the new mapping and one note per change."""
     config = dict(config)
     notes = []
@@ -348,11 +346,11 @@ def _parse_recipe(stage: str, argv: Sequence[str] | None) -> Recipe:
     path, cli = split_recipe_path(argv)
     origin = path or "command line"
     config = load_recipe_file(path) if path else {}
-    config, notes = migrate_legacy_keys(config, stage, valid)
+    config, notes = migrate_legacy_keys(config, valid)
     for key in config:
         if key not in valid:
             raise RecipeError(f"{origin}: unknown key `{key}` for stage {stage}{closest(key, valid)}")
-    cli = _migrate_cli(cli, stage, valid, notes)
+    cli = _migrate_cli(cli, valid, notes)
 
     parser = _parser(dataclass_types)
     for action in parser._actions:
@@ -386,7 +384,7 @@ def _parse_recipe(stage: str, argv: Sequence[str] | None) -> Recipe:
     return Recipe(stage, path, args, training, model, mixture, cli, notes)
 
 
-def _migrate_cli(cli: list[str], stage: str, valid: set[str], notes: list[str]) -> list[str]:
+def _migrate_cli(cli: list[str], valid: set[str], notes: list[str]) -> list[str]:
     """Apply the same legacy renames to `--key value` flags."""
     out = []
     skip_value = False
