@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import functools
 import json
 import logging
@@ -30,7 +29,7 @@ import yaml
 
 from alignment.chat_templates import BUILTIN_TEMPLATES
 from alignment.data.mixture import MixtureConfig
-from alignment.errors import RecipeError
+from alignment.errors import RecipeError, closest
 
 logger = logging.getLogger(__name__)
 
@@ -200,11 +199,6 @@ def migrate_legacy_keys(config: dict[str, Any], valid: set[str]) -> tuple[dict[s
     return config, notes
 
 
-def closest(key: str, valid: set[str]) -> str:
-    match = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
-    return f"; did you mean `{match[0]}`?" if match else ""
-
-
 # --- Parsing -----------------------------------------------------------------------------------------
 
 
@@ -259,43 +253,40 @@ def _parser(dataclass_types: Sequence[type]):
     return RecipeParser(dataclass_types, allow_abbrev=False)
 
 
+def _require_choice(origin: str, key: str, value: Any, choices: Sequence[str], verdict: str = "") -> None:
+    """Raise naming `key`, the bad item, the valid choices and the nearest one, unless every item is a choice."""
+    for item in value if isinstance(value, list) else [value]:
+        item = getattr(item, "value", item)
+        if item is not None and str(item) not in choices:
+            raise RecipeError(
+                f"{origin}: `{key}` {'' if verdict else 'is '}{item!r}{verdict}; "
+                f"choose one of {', '.join(choices)}{closest(str(item), choices)}"
+            )
+
+
 def _check_choices(parser, values: dict[str, Any], origin: str) -> None:
     """argparse checks choices only for command-line values; YAML values arrive as defaults, unchecked."""
     for action in parser._actions:
-        if not action.choices or action.dest not in values:
-            continue
-        value = values[action.dest]
-        items = value if isinstance(value, list) else [value]
-        choices = [str(getattr(c, "value", c)) for c in action.choices]
-        for item in items:
-            if item is not None and str(getattr(item, "value", item)) not in choices:
-                raise RecipeError(
-                    f"{origin}: `{action.dest}` is {item!r}; choose one of {', '.join(choices)}"
-                    f"{closest(str(item), set(choices))}"
-                )
+        if action.choices and action.dest in values:
+            choices = [str(getattr(c, "value", c)) for c in action.choices]
+            _require_choice(origin, action.dest, values[action.dest], choices)
 
 
 def _check_values(values: dict[str, Any], stage: str, origin: str) -> None:
-    """Fixed-choice values that TRL/transformers leave as free strings."""
-    if stage == "dpo" and values.get("loss_type") is not None:
-        loss = values["loss_type"]
-        for item in loss if isinstance(loss, list) else [loss]:
-            if item not in DPO_LOSS_TYPES:
-                raise RecipeError(
-                    f"{origin}: `loss_type` {item!r} is not a DPO loss; choose from {', '.join(DPO_LOSS_TYPES)}"
-                    f"{closest(str(item), set(DPO_LOSS_TYPES))}"
-                )
+    """Fixed-choice values that TRL/transformers leave as free strings, and rules across keys."""
+    if stage == "dpo":
+        _require_choice(origin, "loss_type", values.get("loss_type"), DPO_LOSS_TYPES, " is not a DPO loss")
     attn = values.get("attn_implementation")
-    if attn is not None and attn not in ATTN_IMPLEMENTATIONS and "/" not in attn:  # "org/kernel" hub kernels
-        raise RecipeError(
-            f"{origin}: `attn_implementation` {attn!r} is unknown; choose from {', '.join(ATTN_IMPLEMENTATIONS)}"
-            f"{closest(attn, set(ATTN_IMPLEMENTATIONS))}"
-        )
+    if attn is not None and "/" not in attn:  # "org/kernel": a Hub kernel, not ours to check
+        _require_choice(origin, "attn_implementation", attn, ATTN_IMPLEMENTATIONS, " is unknown")
     template = values.get("chat_template")
-    if template is not None and "{" not in template and template not in BUILTIN_TEMPLATES:
-        raise RecipeError(
-            f"{origin}: `chat_template` {template!r} is neither a built-in ({', '.join(sorted(BUILTIN_TEMPLATES))}) "
-            f"nor a Jinja template{closest(template, set(BUILTIN_TEMPLATES))}"
+    if template is not None and "{" not in template:  # a Jinja string is taken as is
+        _require_choice(
+            origin,
+            "chat_template",
+            template,
+            sorted(BUILTIN_TEMPLATES),
+            " is neither a built-in nor a Jinja template",
         )
     if (values.get("load_in_4bit") or values.get("load_in_8bit")) and not values.get("use_peft"):
         raise RecipeError(

@@ -9,13 +9,12 @@ rather than a re-split of the merged training rows, and a log line per source of
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alignment.errors import RecipeError
+from alignment.errors import RecipeError, closest
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -98,8 +97,7 @@ def _reject_unknown(raw: dict, cls: type, origin: str, where: str) -> None:
     valid = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in valid:
-            match = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
-            hint = f"; did you mean `{match[0]}`?" if match else f"; valid keys: {', '.join(sorted(valid))}"
+            hint = closest(key, valid) or f"; valid keys: {', '.join(sorted(valid))}"
             raise RecipeError(f"{origin}: unknown key `{where}.{key}`{hint}")
 
 
