@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from alignment.errors import RecipeError
-from alignment.recipe import STAGES, Recipe, load_recipe_file
+from alignment.recipe import STAGES, Recipe
 
 
 def infer_stage(path: str) -> str:
@@ -23,12 +23,10 @@ def infer_stage(path: str) -> str:
 
 def resolved_values(recipe: Recipe) -> dict[str, Any]:
     """Every key the recipe or the command line set, with the value it resolved to."""
-    given = set(load_recipe_file(recipe.path)) if recipe.path else set()
-    given |= {a[2:].split("=")[0] for a in recipe.cli_overrides if a.startswith("--")}
     out: dict[str, Any] = {}
     for obj in (recipe.args, recipe.training, recipe.model):
         for f in dataclasses.fields(obj):
-            if f.name in given:
+            if f.name in recipe.given:
                 value = getattr(obj, f.name)
                 out[f.name] = getattr(value, "value", value)
     out["dataset_mixture"] = recipe.mixture.to_dict()

@@ -122,6 +122,7 @@ class Recipe:
     mixture: MixtureConfig
     cli_overrides: list[str]
     notes: list[str]  # migrations and fallbacks applied, for the log and the model card
+    given: set[str]  # keys the recipe file or the command line set (after legacy renames)
 
     @property
     def world_size(self) -> int:
@@ -372,7 +373,7 @@ def _parse_recipe(stage: str, argv: Sequence[str] | None) -> Recipe:
     if os.environ.get("RANK", "0") == "0":  # once per launch, not once per process
         for note in notes:
             logger.warning(note)
-    return Recipe(stage, path, args, training, model, mixture, cli, notes)
+    return Recipe(stage, path, args, training, model, mixture, cli, notes, explicit)
 
 
 def _migrate_cli(cli: list[str], valid: set[str], notes: list[str]) -> list[str]:
