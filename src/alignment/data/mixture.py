@@ -112,7 +112,20 @@ def is_local(source_id: str) -> bool:
 
 
 def load_source(source: DatasetSource, split: str) -> Dataset:
-    """Load one split of one source, from a local file, a local folder or the Hub."""
+    """Load one split of one source, keeping only its `columns` when it names them."""
+    rows = _read_split(source, split)
+    if source.columns is None:
+        return rows
+    missing = [c for c in source.columns if c not in rows.column_names]
+    if missing:
+        raise RecipeError(
+            f"dataset {source.id}: no column {missing[0]!r} (has {', '.join(rows.column_names)})"
+        )
+    return rows.select_columns(source.columns)
+
+
+def _read_split(source: DatasetSource, split: str) -> Dataset:
+    """One split of one source, from a local file, a local folder or the Hub."""
     import datasets
 
     path = Path(source.id).expanduser()
@@ -151,13 +164,6 @@ def load_mixture(mixture: MixtureConfig) -> DatasetDict:
     train_parts, test_parts = [], []
     for source in mixture.datasets:
         rows = load_source(source, source.split)
-        if source.columns is not None:
-            missing = [c for c in source.columns if c not in rows.column_names]
-            if missing:
-                raise RecipeError(
-                    f"dataset {source.id}: no column {missing[0]!r} (has {', '.join(rows.column_names)})"
-                )
-            rows = rows.select_columns(source.columns)
         total = len(rows)
         if source.weight < 1:
             rows = rows.shuffle(seed=mixture.seed).select(range(round(total * source.weight)))
@@ -167,8 +173,6 @@ def load_mixture(mixture: MixtureConfig) -> DatasetDict:
         train_parts.append(rows)
         if mixture.test_split:
             test = load_source(source, mixture.test_split)
-            if source.columns is not None:
-                test = test.select_columns(source.columns)
             logger.info(f"dataset {source.id} [{mixture.test_split}]: {len(test)} eval rows")
             test_parts.append(test)
     try:
