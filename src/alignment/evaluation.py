@@ -62,7 +62,8 @@ def exact_match(model: Any, tokenizer: Any, rows: list[dict], sample: bool = Fal
     for row, reply in zip(rows, replies, strict=True):
         ok = reply == row["answer"]
         hits["all"].append(ok)
-        hits[row.get("skill", "all")].append(ok) if "skill" in row else None
+        if "skill" in row:
+            hits[row["skill"]].append(ok)
     return {skill: sum(v) / len(v) for skill, v in hits.items()}
 
 
@@ -88,14 +89,13 @@ def preference_accuracy(model: Any, tokenizer: Any, pairs: list[dict], reference
     Without `reference`: log p(chosen) > log p(rejected). With it: DPO's implicit reward,
     log p/p_ref(chosen) > log p/p_ref(rejected).
     """
+
+    def margin(scorer: Any, pair: dict) -> float:
+        chosen = completion_logprobs(scorer, tokenizer, pair["prompt"], pair["chosen"])
+        return chosen - completion_logprobs(scorer, tokenizer, pair["prompt"], pair["rejected"])
+
     correct = 0
     for pair in pairs:
-        margin = completion_logprobs(model, tokenizer, pair["prompt"], pair["chosen"]) - completion_logprobs(
-            model, tokenizer, pair["prompt"], pair["rejected"]
-        )
-        if reference is not None:
-            margin -= completion_logprobs(
-                reference, tokenizer, pair["prompt"], pair["chosen"]
-            ) - completion_logprobs(reference, tokenizer, pair["prompt"], pair["rejected"])
-        correct += margin > 0
+        diff = margin(model, pair) - (margin(reference, pair) if reference is not None else 0.0)
+        correct += diff > 0
     return correct / len(pairs)

@@ -22,9 +22,10 @@ def repo_root() -> Path:
 
 
 def script_path(stage: str) -> Path:
-    path = repo_root() / "scripts" / f"run_{stage}.py"
+    scripts = repo_root() / "scripts"
+    path = scripts / f"run_{stage}.py"
     if not path.is_file():
-        known = sorted(p.stem.removeprefix("run_") for p in (repo_root() / "scripts").glob("run_*.py"))
+        known = sorted(p.stem.removeprefix("run_") for p in scripts.glob("run_*.py"))
         raise RecipeError(f"no script for stage {stage!r}; stages: {', '.join(known)}")
     return path
 

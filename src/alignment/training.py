@@ -58,7 +58,6 @@ def finish_training(trainer: Any, recipe: Recipe, train_result: Any, datasets: A
         unwrapped = trainer.accelerator.unwrap_model(trainer.model)
         # A PEFT save writes only the adapter: the generation config (EOS = end of turn) goes beside it.
         unwrapped.generation_config.save_pretrained(output_dir)
-        trainer.processing_class.save_pretrained(output_dir)
         write_model_card(output_dir, recipe, metrics)
         logger.info(f"model, tokenizer, metrics and card saved to {output_dir}")
         if recipe.training.push_to_hub:
