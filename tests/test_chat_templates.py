@@ -51,12 +51,17 @@ def runs(mask: list[int]) -> int:
     return sum(1 for i, m in enumerate(mask) if m and (i == 0 or not mask[i - 1]))
 
 
-@pytest.mark.parametrize("name", sorted(BUILTIN_TEMPLATES))
-def test_assistant_mask_covers_exactly_the_answers_and_their_end_of_turn(name):
+def templated_tokenizer(name: str):
+    """A fresh tiny tokenizer with built-in template `name` applied, and the end-of-turn token it should use."""
     tokenizer = tiny_tokenizer()
     own_eos = tokenizer.eos_token
     apply_chat_template(tokenizer, name)
-    end_of_turn = BUILTIN_TEMPLATES[name].end_of_turn or own_eos
+    return tokenizer, BUILTIN_TEMPLATES[name].end_of_turn or own_eos
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_TEMPLATES))
+def test_assistant_mask_covers_exactly_the_answers_and_their_end_of_turn(name):
+    tokenizer, end_of_turn = templated_tokenizer(name)
     after = "" if name == "llama-3" else "\n"
 
     out = tokenizer.apply_chat_template(
@@ -78,11 +83,8 @@ def test_assistant_mask_covers_exactly_the_answers_and_their_end_of_turn(name):
 
 @pytest.mark.parametrize("name", sorted(BUILTIN_TEMPLATES))
 def test_eos_is_the_end_of_turn_and_pad_is_not_eos(name):
-    tokenizer = tiny_tokenizer()
-    own_eos = tokenizer.eos_token
-    apply_chat_template(tokenizer, name)
-    expected = BUILTIN_TEMPLATES[name].end_of_turn or own_eos
-    assert tokenizer.eos_token == expected
+    tokenizer, end_of_turn = templated_tokenizer(name)
+    assert tokenizer.eos_token == end_of_turn
     assert tokenizer.pad_token is not None
     assert tokenizer.pad_token != tokenizer.eos_token
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
