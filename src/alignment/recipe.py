@@ -79,6 +79,10 @@ class RecipeArguments:
     tokenizer_name_or_path: str | None = field(
         default=None, metadata={"help": "Tokenizer to load, if not the model's own."}
     )
+    license: str | None = field(
+        default=None,
+        metadata={"help": "License of the trained model, for the model card (e.g. apache-2.0). None: left out."},
+    )
     dry_run: bool = field(
         default=False,
         metadata={
