@@ -1,8 +1,14 @@
-"""Built-in chat templates: the assistant mask covers exactly the answers plus end of turn; EOS and pad rules."""
+"""Chat templates: the assistant mask covers exactly the answers plus end of turn (built-ins and TRL's
+training templates); EOS and pad rules, and what TRL's collators make of pad == EOS."""
 
 from __future__ import annotations
 
+import copy
+import logging
+from importlib.resources import files
+
 import pytest
+import yaml
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
@@ -10,10 +16,14 @@ from alignment.chat_templates import (
     BUILTIN_TEMPLATES,
     PAD_TOKEN,
     apply_chat_template,
+    ensure_generation_markers,
     ensure_pad_token,
     has_generation_markers,
 )
-from alignment.tiny.build import build_tokenizer
+from alignment.errors import RecipeError
+from alignment.model import load_tokenizer
+from alignment.recipe import parse_recipe
+from alignment.tiny.build import TinyModelConfig, build_model, build_tokenizer
 
 CORPUS = ["be brief", "reverse abc", "cba", "upper xy", "XY"]
 CONVERSATION = [
@@ -34,16 +44,16 @@ def tiny_tokenizer():
     return build_tokenizer(CORPUS)
 
 
-def bare_tokenizer(unk: str | None = None) -> PreTrainedTokenizerFast:
-    """A Llama-like tokenizer: EOS `</s>`, pad set to EOS, no chat tokens, optionally an unk token."""
+def bare_tokenizer(
+    unk: str | None = None, pad: str | None = "</s>", eos: str | None = "</s>"
+) -> PreTrainedTokenizerFast:
+    """A Llama-like tokenizer: EOS `</s>`, pad set to EOS (or as given), no chat tokens, optionally an unk token."""
     vocab = {"</s>": 0, "a": 1, "b": 2}
     if unk:
         vocab[unk] = len(vocab)
     backend = Tokenizer(models.WordLevel(vocab, unk_token=unk))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="</s>", pad_token="</s>", unk_token=unk
-    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=eos, pad_token=pad, unk_token=unk)
 
 
 def runs(mask: list[int]) -> int:
@@ -82,11 +92,10 @@ def test_assistant_mask_covers_exactly_the_answers_and_their_end_of_turn(name):
 
 
 @pytest.mark.parametrize("name", sorted(BUILTIN_TEMPLATES))
-def test_eos_is_the_end_of_turn_and_pad_is_not_eos(name):
+def test_eos_is_the_end_of_turn_and_the_tokenizers_own_pad_is_kept(name):
     tokenizer, end_of_turn = templated_tokenizer(name)
     assert tokenizer.eos_token == end_of_turn
-    assert tokenizer.pad_token is not None
-    assert tokenizer.pad_token != tokenizer.eos_token
+    assert tokenizer.pad_token == PAD_TOKEN  # the tiny tokenizer's own, distinct from EOS
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
     assert has_generation_markers(tokenizer.chat_template)
 
@@ -129,28 +138,34 @@ def test_applying_a_template_twice_adds_nothing_the_second_time():
     assert apply_chat_template(tokenizer, "llama-3") == 0
 
 
-def test_added_pad_token_counts_in_the_tokens_added():
+def test_a_pad_equal_to_eos_is_kept_and_nothing_is_added():
     tokenizer = bare_tokenizer()
-    assert apply_chat_template(tokenizer, "zephyr") == 1
-    assert tokenizer.pad_token == PAD_TOKEN
-    assert tokenizer.eos_token == "</s>"
+    assert apply_chat_template(tokenizer, "zephyr") == 0
+    assert tokenizer.pad_token == tokenizer.eos_token == "</s>"
 
 
-def test_ensure_pad_token_replaces_a_pad_equal_to_eos():
-    tokenizer = bare_tokenizer()
-    assert tokenizer.pad_token == tokenizer.eos_token
-    ensure_pad_token(tokenizer)
-    assert tokenizer.pad_token == PAD_TOKEN
-    assert tokenizer.pad_token_id is not None
-    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+def test_a_tokenizer_without_pad_pads_with_the_templates_end_of_turn():
+    tokenizer = bare_tokenizer(pad=None)
+    before = len(tokenizer)
+    assert apply_chat_template(tokenizer, "llama-3") == 3  # the template's tokens, no pad token
+    assert tokenizer.pad_token == tokenizer.eos_token == "<|eot_id|>"
+    assert len(tokenizer) == before + 3
 
 
-def test_ensure_pad_token_uses_unk_when_it_is_not_eos():
-    tokenizer = bare_tokenizer(unk="<unk>")
+def test_ensure_pad_token_uses_eos_rather_than_unk():
+    tokenizer = bare_tokenizer(unk="<unk>", pad=None)
     before = len(tokenizer)
     ensure_pad_token(tokenizer)
-    assert tokenizer.pad_token == "<unk>"
+    assert tokenizer.pad_token == "</s>"
     assert len(tokenizer) == before
+
+
+def test_ensure_pad_token_adds_one_only_without_pad_or_eos():
+    tokenizer = bare_tokenizer(pad=None, eos=None)
+    before = len(tokenizer)
+    ensure_pad_token(tokenizer)
+    assert tokenizer.pad_token == PAD_TOKEN
+    assert len(tokenizer) == before + 1
 
 
 def test_ensure_pad_token_keeps_a_distinct_pad():
@@ -212,3 +227,184 @@ def test_has_generation_markers_accepts_whitespace_control(tag):
     )
     assert any(out["assistant_masks"])  # transformers honours the marker...
     assert has_generation_markers(template)  # ...so this check must too
+
+
+# ---- TRL's training templates for a tokenizer whose own template has no markers ----------------
+
+TRL_FAMILIES = {
+    # family: (special tokens its template needs, BOS, what the assistant mask covers in CONVERSATION)
+    "llama3": (("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+               "<|begin_of_text|>", "cba<|eot_id|>XY<|eot_id|>"),
+    # TRL's Qwen2.5 training template opens the marked block before the newline after the header.
+    "qwen2_5": ((), None, "\ncba<|im_end|>\n\nXY<|im_end|>\n"),
+}  # fmt: skip
+
+
+def trl_template(family: str) -> str:
+    """TRL's shipped (non-training) template for `family`, read from the installed package."""
+    return (files("trl") / "chat_templates" / f"{family}.jinja").read_text(encoding="utf-8")
+
+
+def family_tokenizer(family: str):
+    """The tiny tokenizer dressed as `family`: its template verbatim and the special tokens it needs."""
+    tokens, bos, _ = TRL_FAMILIES[family]
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_tokens(list(tokens), special_tokens=True)
+    if bos is not None:
+        tokenizer.bos_token = bos
+    tokenizer.chat_template = trl_template(family)
+    return tokenizer
+
+
+@pytest.mark.parametrize("family", sorted(TRL_FAMILIES))
+def test_trls_training_template_replaces_a_known_template_without_markers(family, caplog):
+    tokenizer = family_tokenizer(family)
+    assert not has_generation_markers(tokenizer.chat_template)
+    rendered = tokenizer.apply_chat_template(CONVERSATION, tokenize=False)
+
+    with caplog.at_level(logging.INFO, logger="alignment"):
+        assert ensure_generation_markers(tokenizer) == f"{family}_training.jinja"
+    assert f"using TRL's {family}_training.jinja" in caplog.text
+    assert has_generation_markers(tokenizer.chat_template)
+    assert tokenizer.apply_chat_template(CONVERSATION, tokenize=False) == rendered  # same text, now marked
+
+    out = tokenizer.apply_chat_template(
+        CONVERSATION, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    ids, mask = out["input_ids"], out["assistant_masks"]
+    assert tokenizer.decode([i for i, m in zip(ids, mask, strict=True) if m]) == TRL_FAMILIES[family][2]
+    assert runs(mask) == 2
+    # Each answer's marked stretch ends on the end-of-turn token (then at most a newline): the model learns to stop.
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|eot_id|>" if family == "llama3" else "<|im_end|>")
+    for k in range(len(mask)):
+        if mask[k] and (k + 1 == len(mask) or not mask[k + 1]):
+            assert end_of_turn in ids[k - 1 : k + 1]
+    assert ensure_generation_markers(tokenizer) is None  # marked now: left alone
+
+
+def test_trls_training_template_replaces_only_the_default_of_named_variants():
+    tokenizer = family_tokenizer("llama3")
+    tools = "{{ 'tools' }}"
+    tokenizer.chat_template = {"default": tokenizer.chat_template, "tool_use": tools}
+    assert ensure_generation_markers(tokenizer) == "llama3_training.jinja"
+    assert has_generation_markers(tokenizer.chat_template)
+    assert tokenizer.chat_template["tool_use"] == tools
+
+
+def write_recipe(tmp_path, **keys) -> str:
+    base = {"model_name_or_path": str(tmp_path / "tok"), "dataset_name": "data/tiny/sft",
+            "output_dir": str(tmp_path / "runs"), "assistant_only_loss": True}  # fmt: skip
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({**base, **keys}))
+    return str(path)
+
+
+def test_load_tokenizer_swaps_in_trls_template_for_a_hub_style_tokenizer(tmp_path):
+    family_tokenizer("qwen2_5").save_pretrained(tmp_path / "tok")
+    tokenizer = load_tokenizer(parse_recipe("sft", [write_recipe(tmp_path)]))
+    assert tokenizer.chat_template == trl_template("qwen2_5_training")
+
+
+@pytest.mark.parametrize(
+    "template", [None, "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"], ids=["none", "unknown"]
+)
+def test_a_template_without_markers_that_trl_does_not_know_is_refused_in_one_line(tmp_path, template):
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = template
+    tokenizer.save_pretrained(tmp_path / "tok")
+    with pytest.raises(RecipeError) as refused:
+        load_tokenizer(parse_recipe("sft", [write_recipe(tmp_path)]))
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "`assistant_only_loss: true`" in message and "set `chat_template`" in message
+
+
+def test_no_markers_are_needed_without_assistant_only_loss(tmp_path):
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    tokenizer.save_pretrained(tmp_path / "tok")
+    loaded = load_tokenizer(parse_recipe("sft", [write_recipe(tmp_path, assistant_only_loss=False)]))
+    assert loaded.chat_template == tokenizer.chat_template
+
+
+# ---- pad == EOS under TRL 1.16's collators ------------------------------------------------------
+
+
+def pad_is_eos():
+    """The tiny tokenizer with pad set to EOS (`<|im_end|>`), and a 1-layer model for it."""
+    tokenizer = tiny_tokenizer()
+    tokenizer.pad_token = tokenizer.eos_token
+    model = build_model(tokenizer, TinyModelConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                                   intermediate_size=32))  # fmt: skip
+    return tokenizer, model
+
+
+def eos_labels(ids: list[int], labels: list[int], eos: int) -> list[bool]:
+    """For each EOS in the row, whether it is trained on."""
+    return [label != -100 for i, label in zip(ids, labels, strict=True) if i == eos]
+
+
+@pytest.mark.parametrize("data", ["messages", "prompt-completion"])
+def test_pad_equal_to_eos_still_trains_on_the_end_of_turn_in_sft(tmp_path, data):
+    """TRL 1.16's SFT masks padding by position, not by `label == pad_token_id`: with pad == EOS, the EOS
+    that ends each answer keeps its label while the padding (the same token id) gets -100. So pad == EOS
+    does not stop the model from learning to stop, and no extra pad token is needed."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    tokenizer, model = pad_is_eos()
+    eos = tokenizer.eos_token_id
+    short, long = ("reverse abc", "cba"), ("upper xy", "XYXYXY")
+    if data == "messages":  # assistant_only_loss through our template's markers
+        rows = {"messages": [[{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+                             for q, a in (short, long)]}  # fmt: skip
+    else:  # completion-only loss, TRL's default for this format
+        rows = {"prompt": [[{"role": "user", "content": q}] for q, _ in (short, long)],
+                "completion": [[{"role": "assistant", "content": a}] for _, a in (short, long)]}  # fmt: skip
+    args = SFTConfig(output_dir=str(tmp_path), assistant_only_loss=data == "messages", max_length=None,
+                     report_to="none", use_cpu=True, bf16=False)  # fmt: skip
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=Dataset.from_dict(rows), processing_class=tokenizer
+    )
+    examples = [trainer.train_dataset[i] for i in range(2)]
+
+    batch = trainer.data_collator(examples)
+    (short_ids, long_ids), (short_labels, long_labels) = batch["input_ids"].tolist(), batch["labels"].tolist()
+    n = len(examples[0]["input_ids"])
+    assert short_ids[n:] == [eos] * (len(short_ids) - n) and len(short_ids) > n  # padded with EOS
+    # The user turn's EOS is prompt (-100), the answer's EOS is trained, the padding EOS is not.
+    assert eos_labels(short_ids, short_labels, eos) == [False, True] + [False] * (len(short_ids) - n)
+    assert eos_labels(long_ids, long_labels, eos) == [False, True]
+    trained = [i for i, label in zip(short_ids, short_labels, strict=True) if label != -100]
+    assert tokenizer.decode(trained) == "cba<|im_end|>\n"
+
+    # Padding-free batches mark sequence starts by position too.
+    flat = DataCollatorForLanguageModeling(pad_token_id=eos, padding_free=True)(examples)
+    assert eos_labels(flat["input_ids"][0].tolist(), flat["labels"][0].tolist(), eos) == [False, True] * 2
+
+
+def test_pad_equal_to_eos_still_scores_the_end_of_turn_in_dpo(tmp_path):
+    """TRL 1.16's DPO collator builds `completion_mask` from the lengths of prompt and completion, not from
+    token ids: with pad == EOS, the chosen answer's EOS is scored and its EOS padding is not."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    tokenizer, model = pad_is_eos()
+    eos = tokenizer.eos_token_id
+    rows = {"prompt": [[{"role": "user", "content": "reverse abc"}]],
+            "chosen": [[{"role": "assistant", "content": "cba"}]],
+            "rejected": [[{"role": "assistant", "content": "abcabcabc"}]]}  # fmt: skip
+    args = DPOConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False)
+    trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model), args=args,
+                         train_dataset=Dataset.from_dict(rows), processing_class=tokenizer)  # fmt: skip
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    (chosen_ids, rejected_ids), (chosen_mask, rejected_mask) = (
+        batch["input_ids"].tolist(),
+        batch["completion_mask"].tolist(),
+    )
+    assert chosen_ids[-6:] == [eos] * 6  # "cba" is 6 tokens shorter than "abcabcabc": padded with EOS
+    scored = [i for i, m in zip(chosen_ids, chosen_mask, strict=True) if m]
+    assert tokenizer.decode(scored) == "cba<|im_end|>\n"
+    assert [m for i, m in zip(chosen_ids, chosen_mask, strict=True) if i == eos] == [0, 1] + [0] * 6
+    assert [m for i, m in zip(rejected_ids, rejected_mask, strict=True) if i == eos] == [0, 1]

@@ -3,6 +3,7 @@
 TRL's `assistant_only_loss` needs the template to mark assistant text with `{% generation %}`; most
 tokenizers on the Hub ship templates without it. Each built-in puts the end-of-turn token (and the
 newline after it) inside the marked block, so the model learns to stop and DPO scores what it says.
+A tokenizer whose own template is one TRL knows gets TRL's marked training version instead.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import logging
 import re
 from dataclasses import dataclass
 from typing import Any
+
+from alignment.errors import RecipeError
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +71,7 @@ LLAMA3 = ChatTemplate(
 )
 
 BUILTIN_TEMPLATES: dict[str, ChatTemplate] = {t.name: t for t in (CHATML, ZEPHYR, LLAMA3)}
+# The tiny tokenizer's own pad; added to another tokenizer only when it has neither pad nor EOS.
 PAD_TOKEN = "<|pad|>"
 
 
@@ -76,12 +80,59 @@ GENERATION_TAG = re.compile(
 )  # the tag as transformers' Jinja extension reads it
 
 
-def has_generation_markers(template: str | None) -> bool:
+def has_generation_markers(template: str | dict[str, str] | None) -> bool:
+    """Whether the template (the `default` one of a tokenizer that ships named variants) marks assistant text."""
+    if isinstance(template, dict):
+        template = template.get("default")
     return bool(template) and GENERATION_TAG.search(template) is not None
 
 
+def ensure_generation_markers(tokenizer: Any) -> str | None:
+    """Make the tokenizer's chat template mark assistant text for `assistant_only_loss`.
+
+    A template that has the markers is kept (returns None). One that lacks them is replaced by TRL's
+    training version of it when TRL ships one (`trl/chat_templates/*_training.jinja`); returns that
+    file's name. Anything else is refused before a model is loaded, instead of by SFTTrainer later.
+    """
+    from trl.chat_template_utils import get_training_chat_template
+
+    own = tokenizer.chat_template
+    if has_generation_markers(own):
+        return None
+    training = None
+    default = own.get("default") if isinstance(own, dict) else own
+    if default is not None:  # TRL's lookup fails on a tokenizer without a (default) template
+        try:
+            training = get_training_chat_template(tokenizer)
+        except ValueError:  # TRL's answer for a template it does not know
+            pass
+    if not has_generation_markers(training):
+        raise RecipeError(
+            "`assistant_only_loss: true` needs a chat template with {% generation %} markers, and TRL has no "
+            "training version of this tokenizer's template; set `chat_template` to a built-in "
+            f"({', '.join(sorted(BUILTIN_TEMPLATES))}) or to a Jinja string with the markers"
+        )
+    name = _trl_template_name(training)
+    if isinstance(own, dict):  # keep the other named variants (tool_use, rag, ...)
+        tokenizer.chat_template = {**own, "default": training}
+    else:
+        tokenizer.chat_template = training
+    logger.info(f"assistant_only_loss: chat template has no {{% generation %}} markers; using TRL's {name}")
+    return name
+
+
+def _trl_template_name(template: str) -> str:
+    """The file name under `trl/chat_templates` that holds `template`, for the log and the caller."""
+    from importlib.resources import files
+
+    for path in sorted((files("trl") / "chat_templates").iterdir(), key=lambda p: p.name):
+        if path.name.endswith("_training.jinja") and path.read_text(encoding="utf-8") == template:
+            return path.name
+    return "training chat template"
+
+
 def apply_chat_template(tokenizer: Any, name_or_jinja: str | None) -> int:
-    """Set the recipe's chat template, its end-of-turn token as EOS, and a pad token distinct from EOS.
+    """Set the recipe's chat template, its end-of-turn token as EOS, and a pad token (see `ensure_pad_token`).
 
     Returns how many tokens were added to the vocabulary (the model's embeddings must grow by as many).
     """
@@ -108,16 +159,18 @@ def apply_chat_template(tokenizer: Any, name_or_jinja: str | None) -> int:
 
 
 def ensure_pad_token(tokenizer: Any) -> None:
-    """Give the tokenizer a pad token that is not EOS.
+    """Give the tokenizer a pad token: its own when it has one, else EOS.
 
-    With pad == EOS, collators that mask padding out of the labels also mask the real EOS, and the
-    model never learns to stop (the Alignment Handbook's old `pad = eos` default).
+    Pad == EOS is safe with TRL 1.16: its SFT and DPO collators mark padding by position (labels
+    padded with -100, attention and completion masks built from lengths), never by comparing tokens
+    with `pad_token_id`, so the real EOS stays in the loss (tests/test_chat_templates.py checks this
+    through SFTTrainer and DPOTrainer). Adding a `<|pad|>` token instead would grow the embeddings of
+    every model for nothing; it is added only when the tokenizer has no EOS either.
     """
-    if tokenizer.pad_token is not None and tokenizer.pad_token != tokenizer.eos_token:
+    if tokenizer.pad_token is not None:
         return
-    unk = tokenizer.unk_token
-    if unk is not None and unk != tokenizer.eos_token:
-        tokenizer.pad_token = unk
+    if tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
     else:
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
-    logger.info(f"pad token set to {tokenizer.pad_token} (distinct from EOS {tokenizer.eos_token})")
+    logger.info(f"pad token set to {tokenizer.pad_token} (the tokenizer had none)")
