@@ -13,7 +13,7 @@ from alignment.recipe import exit_on_recipe_error, parse_recipe
 @exit_on_recipe_error
 def main(argv: list[str] | None = None) -> None:
     recipe = parse_recipe("dpo", argv)
-    if recipe.args.dry_run:
+    if recipe.dry_run:
         from alignment.check import print_plan
 
         print_plan(recipe)

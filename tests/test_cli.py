@@ -35,12 +35,80 @@ def test_check_reports_bad_override_in_one_line():
 
 def test_unknown_command():
     done = alignment("trian")
-    assert done.returncode == 2 and "unknown command 'trian'" in done.stderr
+    assert done.returncode == 2 and "invalid choice: 'trian'" in done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error:")
 
 
-def test_help_lists_stages():
+def test_help_lists_commands_and_each_has_its_own():
     done = alignment("--help")
-    assert done.returncode == 0 and "alignment sft RECIPE" in done.stdout and "alignment demo" in done.stdout
+    assert done.returncode == 0
+    for command in ("sft", "dpo", "check", "tiny", "demo"):
+        assert f"    {command} " in done.stdout
+    for command in ("sft", "dpo", "check"):
+        sub = alignment(command, "--help")
+        assert (
+            sub.returncode == 0
+            and "--accelerate_config FILE" in sub.stdout
+            and "--num_processes" in sub.stdout
+        )
+    assert "build" in alignment("tiny", "--help").stdout
+
+
+def test_check_describes_the_target_launch_not_this_machine():
+    """On a CPU machine, the zephyr recipe on zero3.yaml: bf16, 8 processes, global batch 128."""
+    done = alignment("check", "recipes/zephyr-7b-beta/sft/config_full.yaml",
+                     "--accelerate_config", "accelerate_configs/zero3.yaml")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    plan = yaml.safe_load(done.stdout)
+    assert (plan["precision"], plan["processes"], plan["global_batch_size"]) == ("bf16", 8, 128)
+    assert plan["distributed"] == "deepspeed zero-3"
+    assert plan["resolved"]["bf16"] is True
+    assert plan["on_this_machine"] == ["bf16 requested but this machine has no GPU: training in float32 here"]
+    more = alignment("check", "recipes/zephyr-7b-beta/sft/config_full.yaml",
+                     "--accelerate_config", "accelerate_configs/multi_node.yaml", "--gradient_accumulation_steps", "2")  # fmt: skip
+    plan = yaml.safe_load(more.stdout)
+    assert (plan["processes"], plan["global_batch_size"], plan["distributed"]) == (
+        16, 512, "deepspeed zero-3, 2 machines")  # fmt: skip
+
+
+def test_check_refuses_a_precision_mismatch_with_the_accelerate_config(tmp_path):
+    done = alignment(
+        "check", "recipes/tiny/sft/config.yaml", "--accelerate_config", "accelerate_configs/zero2.yaml"
+    )
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert "sets neither `bf16` nor `fp16`" in line and "`mixed_precision: bf16`" in line
+    fp16 = tmp_path / "fp16.yaml"
+    fp16.write_text(
+        (REPO / "accelerate_configs" / "ddp.yaml")
+        .read_text()
+        .replace("mixed_precision: bf16", "mixed_precision: fp16")
+    )
+    done = alignment("check", "recipes/zephyr-7b-beta/sft/config_full.yaml", "--accelerate_config", str(fp16))
+    assert (
+        done.returncode == 2 and "sets `bf16: true`" in done.stderr and "mixed_precision: fp16" in done.stderr
+    )
+    done = alignment(
+        "sft", "recipes/tiny/sft/config.yaml", "--accelerate_config", "accelerate_configs/zero2.yaml"
+    )
+    assert done.returncode == 2 and "mixed_precision: bf16" in done.stderr  # refused before launching
+
+
+def test_check_is_quiet_apart_from_the_plan():
+    """No FutureWarning about our keys, no DeepSpeed or wandb notices: stderr carries only what we mean."""
+    import os
+
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    done = subprocess.run([sys.executable, "-m", "alignment.cli", "check", "recipes/tiny/sft/config.yaml"],
+                          capture_output=True, text=True, cwd=REPO, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for noise in (
+        "FutureWarning",
+        "Setting accelerator to CPU",
+        "Running in WANDB offline mode",
+        "kernels-community",
+    ):
+        assert noise not in done.stderr + done.stdout
 
 
 @pytest.mark.slow
@@ -59,3 +127,4 @@ def test_demo_shows_real_learning(tmp_path):
     assert dpo["exact_match/all"] > sft["exact_match/all"] + 0.15 and dpo["exact_match/count"] > 0.7
     assert dpo["dpo_reward_accuracy"] > 0.9
     assert "| dpo |" in done.stdout
+    assert "FutureWarning" not in done.stdout + done.stderr

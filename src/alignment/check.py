@@ -1,4 +1,8 @@
-"""Dry runs: validate a recipe and print what it would do, without downloading or loading anything."""
+"""Dry runs: validate a recipe and print what it would do, without downloading or loading anything.
+
+The plan describes the run on its target (the accelerate config's processes and precision, bf16 as the
+recipe says); what this machine would change to run it here is listed apart, under `on_this_machine`.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import yaml
 
 from alignment.errors import RecipeError
 from alignment.recipe import STAGES, Recipe
+from alignment.target import LaunchTarget
 
 
 def infer_stage(path: str) -> str:
@@ -22,26 +27,36 @@ def infer_stage(path: str) -> str:
 
 
 def resolved_values(recipe: Recipe) -> dict[str, Any]:
-    """Every key the recipe or the command line set, with the value it resolved to."""
+    """Every key the recipe or the command line set, with the value it resolved to on its target."""
     out: dict[str, Any] = {}
     for obj in (recipe.args, recipe.training, recipe.model):
         for f in dataclasses.fields(obj):
             if f.name in recipe.given:
                 value = getattr(obj, f.name)
                 out[f.name] = getattr(value, "value", value)
+    for key in ("bf16", "fp16"):  # as the recipe asks, not as this machine's fallback left them
+        if key in out:
+            out[key] = recipe.precision == key
     out["dataset_mixture"] = recipe.mixture.to_dict()
     return out
 
 
-def plan(recipe: Recipe, processes: int | None = None) -> dict[str, Any]:
-    """The dry-run summary; `processes` defaults to the launcher's world size."""
-    t = recipe.training
+def default_target(recipe: Recipe, processes: int | None = None) -> LaunchTarget:
+    """The launch when no accelerate config is given: `processes` or the launcher's world size."""
     world = processes or recipe.world_size
+    return LaunchTarget(processes=world, distributed="ddp" if world > 1 else "single process")
+
+
+def plan(recipe: Recipe, processes: int | None = None, target: LaunchTarget | None = None) -> dict[str, Any]:
+    """The dry-run summary on `target` (default: `processes`, else the launcher's world size)."""
+    t = recipe.training
+    target = target or default_target(recipe, processes)
+    world = target.processes
     return {
         "stage": recipe.stage,
         "recipe": recipe.path,
         "model": recipe.model.model_name_or_path,
-        "precision": "bf16" if t.bf16 else "fp16" if t.fp16 else "fp32",
+        "precision": recipe.precision,
         "peft": (
             "qlora-4bit"
             if recipe.model.load_in_4bit
@@ -54,6 +69,8 @@ def plan(recipe: Recipe, processes: int | None = None) -> dict[str, Any]:
         if recipe.model.use_peft
         else "full",  # fmt: skip
         "processes": world,
+        "distributed": target.describe(),
+        "accelerate_config": target.config_file,
         "global_batch_size": recipe.global_batch_size(world),
         "global_batch_size_formula": (
             f"{t.per_device_train_batch_size} per device x {t.gradient_accumulation_steps} accumulation "
@@ -65,14 +82,15 @@ def plan(recipe: Recipe, processes: int | None = None) -> dict[str, Any]:
         ]
         + ([f"eval: split {recipe.mixture.test_split} of each source"] if recipe.mixture.test_split else []),
         "output_dir": t.output_dir,
-        "notes": recipe.notes,
+        "notes": [n for n in recipe.notes if n not in recipe.device_notes],
+        "on_this_machine": recipe.device_notes,
         "resolved": resolved_values(recipe),
     }
 
 
-def print_plan(recipe: Recipe, processes: int | None = None) -> dict[str, Any]:
+def print_plan(recipe: Recipe, processes: int | None = None, target: LaunchTarget | None = None) -> dict[str, Any]:
     """Print the dry-run plan as YAML (readable, and parseable by tests and tools), once per launch."""
-    summary = plan(recipe, processes)
+    summary = plan(recipe, processes, target)
     if int(os.environ.get("RANK", "0")) == 0:
         print(yaml.safe_dump(summary, sort_keys=False, default_flow_style=False).rstrip())
     return summary

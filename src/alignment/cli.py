@@ -1,75 +1,136 @@
-"""The `alignment` command: a second door to the same scripts and library.
+"""The `alignment` command: a second door to the same scripts and library, as capable as the first.
 
-alignment sft RECIPE [--key value ...]      # = python scripts/run_sft.py RECIPE ...
-alignment dpo RECIPE [--key value ...]
-alignment check RECIPE [--stage S] [--num_processes N] [--key value ...]   # dry run
-alignment tiny build [DIR]                   # the embedded model and task
-alignment demo                               # build, SFT, DPO, held-out numbers
+    alignment sft RECIPE [--num_processes N] [--accelerate_config FILE] [--key value ...]
+    alignment dpo RECIPE [--num_processes N] [--accelerate_config FILE] [--key value ...]
+    alignment check RECIPE [--stage S] [--num_processes N] [--accelerate_config FILE] [--key value ...]
+    alignment tiny build [DIR]
+    alignment demo
+
+`alignment sft R --accelerate_config F` is `accelerate launch --config_file F scripts/run_sft.py R`.
+Every subcommand has `--help`; recipe keys pass through as `--key value`.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from alignment.errors import RecipeError
 from alignment.recipe import STAGES, exit_on_recipe_error
 
-USAGE = __doc__.split("\n\n", 1)[1]
+LAUNCH_HELP = {
+    "num_processes": "Processes to launch (GPUs; on a CPU machine, DDP over gloo). Overrides the config file's.",
+    "accelerate_config": "An accelerate config file (e.g. accelerate_configs/zero3.yaml): processes, "
+    "mixed precision, DeepSpeed ZeRO or FSDP. Its mixed_precision must agree with the recipe's bf16/fp16.",
+}
 
 
-def _pop_option(argv: list[str], name: str) -> str | None:
-    if name in argv:
-        i = argv.index(name)
-        if i + 1 >= len(argv):
-            raise RecipeError(f"`{name}` needs a value")
-        value = argv[i + 1]
-        del argv[i : i + 2]
-        return value
-    return None
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one `error:` line and exit 2, like every other refusal here
+        raise RecipeError(f"{self.prog}: {message}")
 
 
-def check(argv: list[str]) -> None:
-    from alignment.check import infer_stage, print_plan
-    from alignment.recipe import parse_recipe, split_recipe_path
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
 
-    argv = list(argv)
-    stage = _pop_option(argv, "--stage")
-    processes = _pop_option(argv, "--num_processes")
-    path, _ = split_recipe_path(argv)
-    if path is None:
-        raise RecipeError(
-            "usage: alignment check RECIPE [--stage STAGE] [--num_processes N] [--key value ...]"
+
+def _add_launch_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="Recipe YAML (recipes/<model>/<stage>/config_*.yaml).")
+    parser.add_argument("--num_processes", type=_positive, help=LAUNCH_HELP["num_processes"])
+    parser.add_argument("--accelerate_config", metavar="FILE", help=LAUNCH_HELP["accelerate_config"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="alignment",
+        description="Post-training recipes on TRL: train a stage, check a recipe, run the embedded demo.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Recipe keys: any field of TRL's stage config, ModelConfig or RecipeArguments, as --key value.",
+        allow_abbrev=False,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for stage in STAGES:
+        stage_parser = sub.add_parser(
+            stage,
+            help=f"Train the {stage.upper()} stage of a recipe (scripts/run_{stage}.py).",
+            description=f"Run scripts/run_{stage}.py on RECIPE, through `accelerate launch` when "
+            "--num_processes or --accelerate_config is given. Other --key value pairs override recipe keys.",
+            allow_abbrev=False,
         )
-    if processes is not None and not processes.isdigit():
-        raise RecipeError(f"`--num_processes` must be a positive integer, got {processes!r}")
-    print_plan(parse_recipe(stage or infer_stage(path), argv), int(processes) if processes else None)
+        _add_launch_options(stage_parser)
+    check = sub.add_parser(
+        "check",
+        help="Validate a recipe and print its plan as YAML, on the launch it is meant for. Loads nothing.",
+        description="Dry run: the resolved recipe, global batch size and precision on the target launch "
+        "(--num_processes / --accelerate_config); what this machine would change is listed apart.",
+        allow_abbrev=False,
+    )
+    _add_launch_options(check)
+    check.add_argument("--stage", choices=STAGES, help="The stage, if the recipe's folder does not say it.")
+    tiny = sub.add_parser("tiny", help="The embedded tiny model and task.", allow_abbrev=False)
+    tiny_sub = tiny.add_subparsers(dest="tiny_command", metavar="ACTION", parser_class=_Parser, required=True)
+    build = tiny_sub.add_parser("build", help="Write the tiny model, tokenizer and task data.", allow_abbrev=False)
+    build.add_argument("dir", nargs="?", help="Where to write (default: data/tiny).")
+    sub.add_parser("demo", help="Build the tiny task, run SFT then DPO, print held-out numbers (CPU, ~2 min).")
+    return parser
+
+
+def run_check(options: argparse.Namespace, overrides: list[str]) -> None:
+    from alignment.check import infer_stage, print_plan
+    from alignment.recipe import parse_recipe
+    from alignment.target import check_precision, read_accelerate_config
+
+    recipe = parse_recipe(options.stage or infer_stage(options.recipe), [options.recipe, *overrides])
+    target = None
+    if options.accelerate_config:
+        target = read_accelerate_config(options.accelerate_config, options.num_processes)
+        check_precision(recipe.precision, target, recipe.path)
+    print_plan(recipe, options.num_processes, target)
+
+
+def run_training(options: argparse.Namespace, overrides: list[str]) -> int:
+    from alignment.launch import run_stage
+
+    if options.accelerate_config:  # refuse a precision mismatch before launching anything
+        from alignment.recipe import parse_recipe
+        from alignment.target import check_precision, read_accelerate_config
+
+        recipe = parse_recipe(options.command, [options.recipe, *overrides])
+        check_precision(recipe.precision, read_accelerate_config(options.accelerate_config), recipe.path)
+    done = run_stage(
+        options.command,
+        options.recipe,
+        overrides,
+        accelerate_config=options.accelerate_config,
+        num_processes=options.num_processes,
+    )
+    return done.returncode
 
 
 @exit_on_recipe_error
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
+    parser = build_parser()
+    if not argv:
+        parser.print_help()
         return
-    command, rest = argv[0], argv[1:]
-    if command in STAGES:
-        from alignment.launch import run_stage
-
-        if not rest:
-            raise RecipeError(f"usage: alignment {command} RECIPE [--key value ...]")
-        raise SystemExit(run_stage(command, rest[0], rest[1:]).returncode)
-    if command == "check":
-        check(rest)
-    elif command == "tiny" and rest[:1] == ["build"]:
+    options, overrides = parser.parse_known_args(argv)
+    if options.command not in (*STAGES, "check") and overrides:
+        raise RecipeError(f"alignment {options.command}: unrecognized arguments: {' '.join(overrides)}")
+    if options.command in STAGES:
+        raise SystemExit(run_training(options, overrides))
+    if options.command == "check":
+        run_check(options, overrides)
+    elif options.command == "tiny":
         from alignment.tiny.build import DEFAULT_DIR, build_tiny
 
-        print(f"tiny model and task written to {build_tiny(rest[1] if len(rest) > 1 else DEFAULT_DIR)}")
-    elif command == "demo":
+        print(f"tiny model and task written to {build_tiny(options.dir or DEFAULT_DIR)}")
+    elif options.command == "demo":
         from alignment.tiny.demo import run_demo
 
         run_demo()
-    else:
-        raise RecipeError(f"unknown command {command!r}\n{USAGE}")
 
 
 if __name__ == "__main__":

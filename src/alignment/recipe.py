@@ -83,12 +83,7 @@ class RecipeArguments:
         default=None,
         metadata={"help": "License of the trained model, for the model card (e.g. apache-2.0). None: left out."},
     )
-    dry_run: bool = field(
-        default=False,
-        metadata={
-            "help": "Validate the recipe and print the resolved configuration; load nothing, train nothing."
-        },
-    )
+
 
 
 def stage_config_class(stage: str) -> type:
@@ -111,7 +106,6 @@ DPO_LOSS_TYPES = (
     "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
     "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
 )  # fmt: skip
-ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
 @dataclass
@@ -127,6 +121,9 @@ class Recipe:
     cli_overrides: list[str]
     notes: list[str]  # migrations and fallbacks applied, for the log and the model card
     given: set[str]  # keys the recipe file or the command line set (after legacy renames)
+    precision: str = "fp32"  # bf16 | fp16 | fp32 as the recipe asks, before any fallback for this machine
+    device_notes: list[str] = field(default_factory=list)  # what this machine changed (also in `notes`)
+    dry_run: bool = False  # `--dry_run` on the command line: validate and print the plan, train nothing
 
     @property
     def world_size(self) -> int:
@@ -136,72 +133,6 @@ class Recipe:
     def global_batch_size(self, processes: int | None = None) -> int:
         t = self.training
         return t.per_device_train_batch_size * t.gradient_accumulation_steps * (processes or self.world_size)
-
-
-# --- Legacy keys -------------------------------------------------------------------------------------
-
-RENAMED_KEYS = {
-    "max_seq_length": "max_length",
-    "torch_dtype": "dtype",
-    "evaluation_strategy": "eval_strategy",
-    "preprocessing_num_workers": "dataset_num_proc",
-    "warmup_ratio": "warmup_steps",  # transformers 5: a float warmup_steps below 1 is a ratio
-}
-# Keys TRL or transformers removed, with what replaced them. Dropped with this explanation.
-REMOVED_KEYS = {
-    "max_prompt_length": "trl 1.16 DPO/KTO truncate the whole sequence to `max_length` (see `truncation_mode`); "
-    "there is no separate prompt limit",
-    "max_completion_length": "trl 1.16 DPO truncates the whole sequence to `max_length`",
-    "overwrite_output_dir": "transformers 5 removed it; a run resumes from the last checkpoint in `output_dir`, "
-    "delete that folder to start afresh",
-}
-
-
-def migrate_legacy_keys(config: dict[str, Any], valid: set[str]) -> tuple[dict[str, Any], list[str]]:
-    """Rewrite Alignment Handbook / older TRL keys to today's, returning the new mapping and one note per change."""
-    config = dict(config)
-    notes = []
-    for old, new in RENAMED_KEYS.items():
-        if old in config and old not in valid:
-            if new in config:
-                raise RecipeError(f"both `{old}` (legacy) and `{new}` are set; keep only `{new}`")
-            config[new] = config.pop(old)
-            notes.append(f"legacy key `{old}` migrated to `{new}`")
-    if "use_flash_attention_2" in config:
-        if config.pop("use_flash_attention_2"):
-            config.setdefault("attn_implementation", "flash_attention_2")
-        notes.append(
-            "legacy key `use_flash_attention_2` migrated to `attn_implementation: flash_attention_2`"
-        )
-    for old, why in REMOVED_KEYS.items():
-        if old in config and old not in valid:
-            config.pop(old)
-            notes.append(f"key `{old}` ignored: {why}")
-    if "dataset_mixer" in config:
-        if "dataset_mixture" in config:
-            raise RecipeError(
-                "both `dataset_mixer` (legacy) and `dataset_mixture` are set; keep only `dataset_mixture`"
-            )
-        mixer = config.pop("dataset_mixer")
-        splits = config.pop("dataset_splits", ["train", "test"])
-        if not isinstance(mixer, dict):
-            raise RecipeError("`dataset_mixer` must map dataset ids to weights")
-        splits = [splits] if isinstance(splits, str) else list(splits)
-        train = [s for s in splits if "train" in s] or splits[:1]
-        test = [s for s in splits if "test" in s]
-        config["dataset_mixture"] = {
-            "datasets": [{"id": name, "split": train[0], "weight": weight} for name, weight in mixer.items()],
-            **({"test_split": test[0]} if test else {}),
-        }
-        notes.append(
-            "legacy keys `dataset_mixer` + `dataset_splits` migrated to `dataset_mixture` "
-            f"(train split {train[0]!r}, test split {test[0] if test else None!r})"
-        )
-    elif "dataset_splits" in config:
-        raise RecipeError(
-            "`dataset_splits` without `dataset_mixer`: use `dataset_mixture` with `split`/`test_split`"
-        )
-    return config, notes
 
 
 # --- Parsing -----------------------------------------------------------------------------------------
@@ -247,9 +178,10 @@ def load_recipe_file(path: str) -> dict[str, Any]:
 
 
 def _parser(dataclass_types: Sequence[type]):
-    from transformers import HfArgumentParser
+    # TRL's parser, not transformers': it takes `none`/`null` for optional fields (`--max_length none`).
+    from trl import TrlParser
 
-    class RecipeParser(HfArgumentParser):
+    class RecipeParser(TrlParser):
         def error(self, message: str):  # argparse would print usage and exit; we want one line
             match = re.match(r"argument --([\w-]+)(?:/--[\w-]+)?: (.*)", message)
             raise RecipeError(f"`{match[1]}`: {match[2]}" if match else message)
@@ -279,11 +211,13 @@ def _check_choices(parser, values: dict[str, Any], origin: str) -> None:
 
 def _check_values(values: dict[str, Any], stage: str, origin: str) -> None:
     """Fixed-choice values that TRL/transformers leave as free strings, and rules across keys."""
+    from alignment.hardware import attention_implementations
+
     if stage == "dpo":
         _require_choice(origin, "loss_type", values.get("loss_type"), DPO_LOSS_TYPES, " is not a DPO loss")
     attn = values.get("attn_implementation")
-    if attn is not None and "/" not in attn:  # "org/kernel": a Hub kernel, not ours to check
-        _require_choice(origin, "attn_implementation", attn, ATTN_IMPLEMENTATIONS, " is unknown")
+    if attn is not None and "/" not in attn:  # "org/kernel": a Hub kernel, transformers checks it at load
+        _require_choice(origin, "attn_implementation", attn, attention_implementations(), " is unknown")
     template = values.get("chat_template")
     if template is not None and "{" not in template:  # a Jinja string is taken as is
         _require_choice(
@@ -305,34 +239,70 @@ def _check_values(values: dict[str, Any], stage: str, origin: str) -> None:
         raise RecipeError(f"{origin}: `model_name_or_path` is required")
 
 
-def _apply_device_fallbacks(values: dict[str, Any], explicit: set[str], notes: list[str]) -> None:
-    """Make a GPU recipe parse on a CPU-only machine instead of failing inside TrainingArguments."""
-    import torch
-
-    has_gpu = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
-    if has_gpu:
-        return
-    if values.get("bf16") in (True, None):
-        if values.get("bf16") is True and "bf16" in explicit:
-            notes.append("bf16: true but no GPU with bf16 here: training in float32 instead")
-        values["bf16"] = False
+def requested_precision(values: dict[str, Any]) -> str:
+    """bf16, fp16 or fp32, as the recipe asks (TRL: an unset `bf16` means bf16 unless `fp16` is on)."""
+    if values.get("fp16") and values.get("bf16"):
+        raise RecipeError("`bf16` and `fp16` are both true; choose one")
     if values.get("fp16"):
-        notes.append("fp16: true but no GPU here: training in float32 instead")
-        values["fp16"] = False
-    # Without use_cpu, `accelerate launch --multi_gpu` on CPU runs each rank alone with no error.
-    values["use_cpu"] = True
+        return "fp16"
+    return "fp32" if values.get("bf16") is False else "bf16"
+
+
+def _apply_device_fallbacks(values: dict[str, Any], precision: str, explicit: set[str]) -> list[str]:
+    """Make a GPU recipe parse on this machine instead of failing inside TrainingArguments; one note per change."""
+    from alignment.hardware import bf16_supported, has_accelerator
+
+    notes = []
+    said_bf16 = "bf16" in explicit
+    if not has_accelerator():
+        if precision != "fp32":
+            if precision == "fp16" or said_bf16:
+                notes.append(f"{precision} requested but this machine has no GPU: training in float32 here")
+            values["bf16"] = values["fp16"] = False
+        # Without use_cpu, `accelerate launch --multi_gpu` on CPU runs each rank alone with no error.
+        values["use_cpu"] = True
+    elif precision == "bf16" and not bf16_supported():
+        notes.append(
+            "bf16 requested but this GPU has no bf16 (e.g. T4, V100): training in float32 here; "
+            "set `fp16: true` for mixed precision on it"
+        )
+        values["bf16"] = False
+    return notes
+
+
+def _pop_dry_run(cli: list[str]) -> tuple[bool, list[str]]:
+    """`--dry_run` is a command-line switch, never a recipe key (a recipe that set it would never train)."""
+    out, dry_run = [], False
+    i = 0
+    while i < len(cli):
+        arg = cli[i]
+        if arg == "--dry_run" or arg.startswith("--dry_run="):
+            value = arg.partition("=")[2]
+            if not value and i + 1 < len(cli) and cli[i + 1].lower() in ("true", "false"):
+                value = cli[i + 1]
+                i += 1
+            dry_run = value.lower() != "false"
+        else:
+            out.append(arg)
+        i += 1
+    return dry_run, out
 
 
 def parse_recipe(stage: str, argv: Sequence[str] | None = None) -> Recipe:
     """Parse `[RECIPE] [--key value ...]` for `stage` into a validated `Recipe`. Loads no model or data."""
     # TRL/transformers can print to stdout while importing or building configs (wandb's offline notice);
     # stdout stays ours, for the dry-run plan.
+    from alignment.logs import quiet_library_noise
+
     with contextlib.redirect_stdout(sys.stderr):
+        quiet_library_noise()
         return _parse_recipe(stage, argv)
 
 
 def _parse_recipe(stage: str, argv: Sequence[str] | None) -> Recipe:
     from trl import ModelConfig
+
+    from alignment.migrations import migrate_cli, migrate_config
 
     argv = list(sys.argv[1:] if argv is None else argv)
     config_class = stage_config_class(stage)
@@ -340,13 +310,22 @@ def _parse_recipe(stage: str, argv: Sequence[str] | None) -> Recipe:
     valid = {f.name for cls in dataclass_types for f in dataclasses.fields(cls) if f.init}
 
     path, cli = split_recipe_path(argv)
+    dry_run, cli = _pop_dry_run(cli)
     origin = path or "command line"
     config = load_recipe_file(path) if path else {}
-    config, notes = migrate_legacy_keys(config, valid)
+    if "dry_run" in config:
+        raise RecipeError(
+            f"{origin}: `dry_run` is a command-line flag, not a recipe key (a recipe that sets it "
+            "would never train); remove it and pass `--dry_run`"
+        )
+    try:
+        config, notes = migrate_config(config, valid, stage)
+        cli = migrate_cli(cli, valid, stage, notes)
+    except RecipeError as err:
+        raise RecipeError(f"{origin}: {err}") from None
     for key in config:
         if key not in valid:
             raise RecipeError(f"{origin}: unknown key `{key}` for stage {stage}{closest(key, valid)}")
-    cli = _migrate_cli(cli, valid, notes)
 
     parser = _parser(dataclass_types)
     for action in parser._actions:
@@ -362,7 +341,16 @@ def _parse_recipe(stage: str, argv: Sequence[str] | None) -> Recipe:
     values = vars(namespace)
     explicit = set(config) | {a[2:].split("=")[0] for a in cli if a.startswith("--")}
     _check_values(values, stage, origin)
-    _apply_device_fallbacks(values, explicit, notes)
+    if values.get("activation_checkpointing") is None and "activation_checkpointing" in values:
+        # TRL's default lives on the deprecated alias; moving it over keeps transformers' FutureWarning quiet.
+        values["activation_checkpointing"] = values.get("gradient_checkpointing")
+        values["gradient_checkpointing"] = None
+    try:
+        precision = requested_precision(values)
+    except RecipeError as err:
+        raise RecipeError(f"{origin}: {err}") from None
+    device_notes = _apply_device_fallbacks(values, precision, explicit)
+    notes += device_notes
 
     built = []
     for cls in dataclass_types:
@@ -377,27 +365,8 @@ def _parse_recipe(stage: str, argv: Sequence[str] | None) -> Recipe:
     if os.environ.get("RANK", "0") == "0":  # once per launch, not once per process
         for note in notes:
             logger.warning(note)
-    return Recipe(stage, path, args, training, model, mixture, cli, notes, explicit)
-
-
-def _migrate_cli(cli: list[str], valid: set[str], notes: list[str]) -> list[str]:
-    """Apply the same legacy renames to `--key value` flags."""
-    out = []
-    skip_value = False
-    for i, arg in enumerate(cli):
-        if skip_value:
-            skip_value = False
-            continue
-        key = arg[2:].split("=")[0] if arg.startswith("--") else None
-        if key in RENAMED_KEYS and key not in valid:
-            out.append(arg.replace(key, RENAMED_KEYS[key], 1))
-            notes.append(f"legacy option `--{key}` migrated to `--{RENAMED_KEYS[key]}`")
-        elif key in REMOVED_KEYS and key not in valid:
-            notes.append(f"option `--{key}` ignored: {REMOVED_KEYS[key]}")
-            skip_value = "=" not in arg and i + 1 < len(cli) and not cli[i + 1].startswith("--")
-        else:
-            out.append(arg)
-    return out
+    return Recipe(stage, path, args, training, model, mixture, cli, notes, explicit, precision, device_notes,
+                  dry_run)  # fmt: skip
 
 
 def resolve_mixture(args: RecipeArguments, origin: str) -> MixtureConfig:

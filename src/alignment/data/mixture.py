@@ -33,6 +33,8 @@ class DatasetSource:
     split: str = "train"
     columns: list[str] | None = None
     weight: float = 1.0  # fraction of this source's rows, taken after a seeded shuffle
+    data_files: str | list[str] | dict[str, str] | None = None  # for a builder id such as `json`
+    data_dir: str | None = None
 
 
 @dataclass
@@ -150,7 +152,9 @@ def _read_split(source: DatasetSource, split: str) -> Dataset:
             raise RecipeError(f"dataset {source.id} is a single saved split; it has no split {split!r}")
         return datasets.load_from_disk(str(path))
     try:
-        return datasets.load_dataset(source.id, name=source.config, split=split)
+        return datasets.load_dataset(
+            source.id, name=source.config, split=split, data_files=source.data_files, data_dir=source.data_dir
+        )
     except ValueError as err:
         if "split" in str(err).lower():
             raise RecipeError(f"dataset {source.id} has no split {split!r} ({err})") from None
