@@ -164,3 +164,19 @@ def test_fsdp_config_is_fsdp2():
     assert config.fsdp_config["fsdp_version"] == 2
     # The trainer turns on gradient checkpointing; the FSDP one must stay off so they are not both on.
     assert config.fsdp_config["fsdp_activation_checkpointing"] is False
+
+
+def test_check_folder_reports_every_recipe_in_one_line(tmp_path, capsys):
+    """`alignment check FOLDER`: how a whole collection (ours, the Handbook's) is checked against this stack."""
+    from alignment.check import check_folder
+
+    good = yaml.safe_load(ZEPHYR_SFT_FULL.read_text())
+    for stage, keys in (("sft", good), ("dpo", good)):  # SFT keys such as `packing` are not DPO keys
+        (tmp_path / "model" / stage).mkdir(parents=True)
+        (tmp_path / "model" / stage / "config.yaml").write_text(yaml.safe_dump(keys))
+    failed = check_folder(str(tmp_path))
+    out = capsys.readouterr().out.splitlines()
+    assert failed == [str(tmp_path / "model" / "dpo" / "config.yaml")]
+    assert out[-1] == "1 of 2 recipes dry-run"
+    assert out[0] == f"error  {tmp_path}/model/dpo/config.yaml: unknown key `packing` for stage dpo"
+    assert out[1].startswith("ok") and "(sft, bf16," in out[1]

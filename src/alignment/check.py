@@ -88,6 +88,31 @@ def plan(recipe: Recipe, processes: int | None = None, target: LaunchTarget | No
     }
 
 
+def check_folder(folder: str, overrides: list[str] | None = None) -> list[str]:
+    """Dry-run every recipe under `folder` (the stage from each one's path), one line each; return the failures.
+
+    This is how a recipe collection (ours, or the Alignment Handbook's) is checked against the installed
+    TRL/transformers in seconds, without loading a model.
+    """
+    from alignment.recipe import parse_recipe
+
+    paths = sorted(p for p in Path(folder).rglob("*.y*ml") if "accelerate_configs" not in p.parts)
+    failed = []
+    for path in paths:
+        saved = dict(os.environ)  # a recipe's `env:` block must not leak into the next one
+        try:
+            recipe = parse_recipe(infer_stage(str(path)), [str(path), *(overrides or [])])
+            print(f"ok     {path}  ({recipe.stage}, {recipe.precision}, {len(recipe.notes)} notes)")
+        except RecipeError as err:
+            failed.append(str(path))
+            print(f"error  {err}")  # the message starts with the file
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+    print(f"{len(paths) - len(failed)} of {len(paths)} recipes dry-run")
+    return failed
+
+
 def print_plan(recipe: Recipe, processes: int | None = None, target: LaunchTarget | None = None) -> dict[str, Any]:
     """Print the dry-run plan as YAML (readable, and parseable by tests and tools), once per launch."""
     summary = plan(recipe, processes, target)

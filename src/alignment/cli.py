@@ -3,6 +3,7 @@
     alignment sft RECIPE [--num_processes N] [--accelerate_config FILE] [--key value ...]
     alignment dpo RECIPE [--num_processes N] [--accelerate_config FILE] [--key value ...]
     alignment check RECIPE [--stage S] [--num_processes N] [--accelerate_config FILE] [--key value ...]
+    alignment check FOLDER                       # every recipe under it, one line each
     alignment tiny build [DIR]
     alignment demo
 
@@ -37,7 +38,9 @@ def _positive(text: str) -> int:
 
 
 def _add_launch_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", help="Recipe YAML (recipes/<model>/<stage>/config_*.yaml).")
+    parser.add_argument(
+        "recipe", help="Recipe YAML (recipes/<model>/<stage>/config_*.yaml); for check, also a folder of them."
+    )
     parser.add_argument("--num_processes", type=_positive, help=LAUNCH_HELP["num_processes"])
     parser.add_argument("--accelerate_config", metavar="FILE", help=LAUNCH_HELP["accelerate_config"])
 
@@ -78,10 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_check(options: argparse.Namespace, overrides: list[str]) -> None:
-    from alignment.check import infer_stage, print_plan
+    from pathlib import Path
+
+    from alignment.check import check_folder, infer_stage, print_plan
     from alignment.recipe import parse_recipe
     from alignment.target import check_precision, read_accelerate_config
 
+    if Path(options.recipe).is_dir():
+        failed = check_folder(options.recipe, overrides)
+        raise SystemExit(1 if failed else 0)
     recipe = parse_recipe(options.stage or infer_stage(options.recipe), [options.recipe, *overrides])
     target = None
     if options.accelerate_config:

@@ -53,11 +53,11 @@ LEGACY_KEYS = (
     LegacyKey(
         "max_prompt_length",
         None,
-        "trl 1.0",
+        "by trl 1.16",
         "DPO/KTO truncate the whole sequence to `max_length` (see `truncation_mode`); "
         "there is no separate prompt limit",
     ),
-    LegacyKey("max_completion_length", None, "trl 1.0", "DPO truncates the whole sequence to `max_length`"),
+    LegacyKey("max_completion_length", None, "by trl 1.16", "DPO truncates the whole sequence to `max_length`"),
     LegacyKey(
         "overwrite_output_dir",
         None,
