@@ -223,3 +223,19 @@ def test_script_prints_one_line_and_exits_2(args):
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_tracker_that_is_not_installed_is_refused_before_loading(tmp_path, monkeypatch):
+    from transformers import integrations
+
+    monkeypatch.setattr(integrations, "is_wandb_available", lambda: False)
+    with pytest.raises(
+        RecipeError, match=r"report_to: `wandb` needs `wandb`.*pip install 'alignment\[wandb\]'"
+    ):
+        parse_recipe("sft", [write(tmp_path, report_to=["wandb"])])
+    recipe = parse_recipe(
+        "sft", [write(tmp_path, report_to=["wandb"]), "--dry_run"]
+    )  # the target may have it
+    assert any("`wandb` needs `wandb`" in n for n in recipe.device_notes)
+    with pytest.raises(RecipeError, match=r"report_to: `wandbb` is not a tracker.*did you mean `wandb`"):
+        parse_recipe("sft", [write(tmp_path, report_to=["wandbb"])])

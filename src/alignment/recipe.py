@@ -81,9 +81,10 @@ class RecipeArguments:
     )
     license: str | None = field(
         default=None,
-        metadata={"help": "License of the trained model, for the model card (e.g. apache-2.0). None: left out."},
+        metadata={
+            "help": "License of the trained model, for the model card (e.g. apache-2.0). None: left out."
+        },
     )
-
 
 
 def stage_config_class(stage: str) -> type:
@@ -303,6 +304,7 @@ def _parse_recipe(stage: str, argv: Sequence[str] | None) -> Recipe:
     from trl import ModelConfig
 
     from alignment.migrations import migrate_cli, migrate_config
+    from alignment.trackers import require_trackers
 
     argv = list(sys.argv[1:] if argv is None else argv)
     config_class = stage_config_class(stage)
@@ -362,6 +364,13 @@ def _parse_recipe(stage: str, argv: Sequence[str] | None) -> Recipe:
             raise RecipeError(f"{origin}: {first_line}") from None
     args, training, model = built
     mixture = resolve_mixture(args, origin)
+    try:
+        require_trackers(training.report_to)
+    except RecipeError as err:
+        if not dry_run:  # a dry run describes the target machine, where the tracker may well be installed
+            raise RecipeError(f"{origin}: {err}") from None
+        device_notes.append(f"{err} (on this machine)")
+        notes.append(device_notes[-1])
     if os.environ.get("RANK", "0") == "0":  # once per launch, not once per process
         for note in notes:
             logger.warning(note)

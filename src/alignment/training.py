@@ -1,24 +1,62 @@
-"""What every stage does around `trainer.train()`: resume, save, metrics, model card, push.
+"""What every stage does around `trainer.train()`: resume, save, metrics, model card, push, end.
 
 transformers' Trainer resumes only when told which checkpoint; the Handbook's habit (resume from
 the last checkpoint in `output_dir` by default) is kept here. The model card is ours because TRL's
-does not record the recipe or the data that made the model.
+does not record the recipe or the data that made the model; it goes through the Trainer's own push
+(which runs the trackers' `on_push_begin`) in place of TRL's card.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 if TYPE_CHECKING:
+    from huggingface_hub import ModelCardData
+
     from alignment.data.mixture import MixtureConfig
     from alignment.recipe import Recipe
 
 logger = logging.getLogger(__name__)
+
+# The card's body; the front matter (`card_data`) is rendered by huggingface_hub from ModelCardData.
+CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ title }}
+
+{{ summary }}
+
+## Data
+
+{% for line in data_lines %}{{ line }}
+{% endfor %}
+## Metrics
+
+| metric | value |
+| --- | --- |
+{% for name, value in metrics %}| {{ name }} | {{ value }} |
+{% endfor %}
+## Recipe
+
+File: `{{ recipe_path }}`; command-line overrides: `{{ overrides }}`
+
+```yaml
+{{ recipe_text }}
+```
+{% if notes %}
+Adjustments made when the recipe was read:
+
+{% for note in notes %}- {{ note }}
+{% endfor %}{% endif %}
+## Framework versions
+
+- {{ versions }}
+"""
 
 
 def resume_checkpoint(training: Any) -> str | None:
@@ -35,8 +73,8 @@ def resume_checkpoint(training: Any) -> str | None:
 
 
 def finish_training(trainer: Any, recipe: Recipe, train_result: Any, datasets: Any) -> dict[str, float]:
-    """Save model, tokenizer and generation config; write metrics and the model card; push if asked."""
-    output_dir = Path(recipe.training.output_dir)
+    """Write metrics; save model, tokenizer, generation config and our card; push if asked; end the trackers."""
+    output_dir = Path(trainer.args.output_dir)
     metrics = dict(train_result.metrics)
     metrics["train_samples"] = len(datasets["train"])
     trainer.log_metrics("train", metrics)
@@ -50,78 +88,134 @@ def finish_training(trainer: Any, recipe: Recipe, train_result: Any, datasets: A
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)
 
-    # Trainer.save_model would also push (with TRL's card); we push once, below, with ours.
-    push, trainer.args.push_to_hub = trainer.args.push_to_hub, False
-    trainer.save_model(str(output_dir))
-    trainer.args.push_to_hub = push
-    if trainer.accelerator.is_main_process:
-        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    if trainer.is_world_process_zero():
         # A PEFT save writes only the adapter: the generation config (EOS = end of turn) goes beside it.
-        unwrapped.generation_config.save_pretrained(output_dir)
-        write_model_card(output_dir, recipe, metrics)
-        logger.info(f"model, tokenizer, metrics and card saved to {output_dir}")
-        if recipe.training.push_to_hub:
-            push_to_hub(output_dir, recipe)
+        trainer.accelerator.unwrap_model(trainer.model).generation_config.save_pretrained(output_dir)
+    use_our_model_card(trainer, recipe, metrics)
+    if trainer.args.push_to_hub:
+        # Saves the model once, writes our card, runs the callbacks' on_push_begin (a tracker syncs its
+        # dashboard), uploads all but checkpoint-* to `hub_model_id` at `hub_revision`.
+        trainer.push_to_hub(commit_message=f"{recipe.stage} stage from {recipe.path or 'the command line'}")
+    else:
+        trainer.save_model()
+        trainer.create_model_card()  # ours, as above
+    if trainer.is_world_process_zero():
+        pushed = (
+            f", pushed to https://huggingface.co/{trainer.hub_model_id}" if trainer.args.push_to_hub else ""
+        )
+        logger.info(f"model, tokenizer, metrics and card saved to {output_dir}{pushed}")
     trainer.accelerator.wait_for_everyone()
+    trainer.end()  # finishes the trackers and destroys the process group: nothing collective after this
     return metrics
 
 
-def write_model_card(output_dir: Path, recipe: Recipe, metrics: dict[str, float]) -> Path:
-    """README.md with the recipe as run, its data sources and its metrics."""
+def use_our_model_card(trainer: Any, recipe: Recipe, metrics: dict[str, float]) -> None:
+    """Make `trainer.create_model_card` write our card: TRL's `push_to_hub` calls it after saving the model."""
+
+    def create_model_card(
+        model_name: str | None = None, tags: list[str] | None = None, **ignored: Any
+    ) -> None:
+        # push_to_hub passes the model's tags (TRL's stage tags, a tracker's dashboard link) as `tags`.
+        if trainer.is_world_process_zero():
+            write_model_card(Path(trainer.args.output_dir), recipe, metrics, extra_tags=tags)
+
+    trainer.create_model_card = create_model_card
+
+
+def write_model_card(
+    output_dir: Path, recipe: Recipe, metrics: dict[str, float], extra_tags: list[str] | None = None
+) -> Path:
+    """README.md with the recipe as run, its data sources and its metrics, and Hub metadata in front."""
+    import peft
     import torch
     import transformers
     import trl
+    from huggingface_hub import ModelCard
 
-    recipe_text = Path(recipe.path).read_text() if recipe.path else "# no recipe file: command line only\n"
-    overrides = " ".join(recipe.cli_overrides) or "none"
+    adapter = read_adapter_config(output_dir)
     base = recipe.model.model_name_or_path
-    lines = [
-        "---",
-        yaml.safe_dump(
-            {"base_model": base, "library_name": "transformers", "tags": ["alignment", recipe.stage, "trl"]},
-            sort_keys=False,
-        ).strip(),
-        "---",
-        "",
-        f"# {Path(output_dir).name}",
-        "",
-        f"`{base}` after the **{recipe.stage.upper()}** stage, trained with the `alignment` recipes.",
-        "",
-        "## Data",
-        "",
-        *describe_mixture(recipe.mixture),
-        "",
-        "## Metrics",
-        "",
-        "| metric | value |",
-        "| --- | --- |",
-        *(
-            f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
-            for k, v in sorted(metrics.items())
-        ),
-        "",
-        "## Recipe",
-        "",
-        f"File: `{recipe.path}`; command-line overrides: `{overrides}`",
-        "",
-        "```yaml",
-        recipe_text.rstrip(),
-        "```",
-        "",
-        *(
-            ["Adjustments made when the recipe was read:", "", *(f"- {n}" for n in recipe.notes), ""]
-            if recipe.notes
-            else []
-        ),
-        "## Framework versions",
-        "",
-        f"- transformers {transformers.__version__}, trl {trl.__version__}, torch {torch.__version__}, "
-        f"python {platform.python_version()}",
-        "",
-    ]
+    if adapter is not None:
+        kind = adapter.get("peft_type", "PEFT")
+        summary = f"A {kind} adapter (PEFT) for `{base}`, trained in the **{recipe.stage.upper()}** stage"
+    else:
+        summary = f"`{base}` after the **{recipe.stage.upper()}** stage"
+    versions = (
+        f"transformers {transformers.__version__}, trl {trl.__version__}, "
+        + (f"peft {peft.__version__}, " if adapter is not None else "")
+        + f"torch {torch.__version__}, python {platform.python_version()}"
+    )
+    recipe_text = Path(recipe.path).read_text() if recipe.path else "# no recipe file: command line only\n"
+    card = ModelCard.from_template(
+        card_data(output_dir, recipe, extra_tags),
+        template_str=CARD_TEMPLATE,
+        title=Path(output_dir).name,
+        summary=f"{summary}, with the `alignment` recipes.",
+        data_lines=describe_mixture(recipe.mixture),
+        metrics=[(k, f"{v:.4g}" if isinstance(v, float) else v) for k, v in sorted(metrics.items())],
+        recipe_path=recipe.path,
+        overrides=" ".join(recipe.cli_overrides) or "none",
+        recipe_text=recipe_text.rstrip(),
+        notes=recipe.notes,
+        versions=versions,
+    )
     path = Path(output_dir) / "README.md"
-    path.write_text("\n".join(lines))
+    card.save(path)
     return path
+
+
+def card_data(output_dir: Path, recipe: Recipe, extra_tags: list[str] | None = None) -> ModelCardData:
+    """The card's front matter. Only facts: a local model or dataset path is no Hub id and is left out.
+
+    An adapter output says `library_name: peft` with the tags PEFT's own card uses (`transformers`,
+    `lora`, `base_model:adapter:<base>`); a full model says `library_name: transformers`.
+    """
+    from huggingface_hub import ModelCardData
+
+    from alignment.data.mixture import is_local
+    from alignment.model import adapter_base
+
+    model = recipe.model.model_name_or_path
+    base = hub_id(adapter_base(model) or model)  # an adapter folder given as the model: its base
+    tags = ["alignment", recipe.stage, "trl"]
+    adapter = read_adapter_config(output_dir)
+    if adapter is not None:
+        tags.append("transformers")
+        if adapter.get("peft_type") == "LORA":  # DoRA too: a LoRA variant
+            tags.append("lora")
+        if base is not None:
+            tags.append(f"base_model:adapter:{base}")
+    tags += extra_tags or []
+    datasets = list(dict.fromkeys(s.id for s in recipe.mixture.datasets if not is_local(s.id)))
+    return ModelCardData(
+        base_model=base,
+        library_name="peft" if adapter is not None else "transformers",
+        license=recipe.args.license,
+        datasets=datasets or None,
+        pipeline_tag="text-generation",
+        tags=tags,
+    )
+
+
+def hub_id(name: str | None) -> str | None:
+    """`name` when it can be a Hub repo id, else None (a local folder or file)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    from alignment.data.mixture import is_local
+
+    if not name or is_local(name):
+        return None
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return None
+    return name
+
+
+def read_adapter_config(output_dir: Path) -> dict | None:
+    """The saved adapter's config when `output_dir` holds a PEFT adapter, else None."""
+    path = Path(output_dir) / "adapter_config.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def describe_mixture(mixture: MixtureConfig) -> list[str]:
@@ -134,22 +228,3 @@ def describe_mixture(mixture: MixtureConfig) -> list[str]:
     elif mixture.test_split_size:
         lines.append(f"- evaluation: {mixture.test_split_size} of the mixed rows (seed {mixture.seed})")
     return lines
-
-
-def push_to_hub(output_dir: Path, recipe: Recipe) -> str:
-    """Upload the final model folder (not the intermediate checkpoints) to `hub_model_id`."""
-    from huggingface_hub import HfApi
-
-    training = recipe.training
-    repo_id = training.hub_model_id or Path(output_dir).name
-    api = HfApi(token=training.hub_token)
-    api.create_repo(repo_id, private=bool(training.hub_private_repo), exist_ok=True)
-    api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(output_dir),
-        revision=training.hub_revision if hasattr(training, "hub_revision") else None,
-        ignore_patterns=["checkpoint-*", "checkpoint-*/**", "runs/**", "*.pt"],
-        commit_message=f"{recipe.stage} stage from {recipe.path}",
-    )
-    logger.info(f"pushed {output_dir} to https://huggingface.co/{repo_id}")
-    return repo_id
