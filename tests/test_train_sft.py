@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from huggingface_hub import ModelCard
 
 from alignment.evaluation import generate_answers, load_for_eval, read_jsonl
 
@@ -28,8 +29,15 @@ def test_sft_loss_decreases_and_outputs_are_complete(sft_model):
     for name in ("model.safetensors", "tokenizer.json", "chat_template.jinja", "generation_config.json",
                  "train_results.json", "eval_results.json", "README.md"):  # fmt: skip
         assert (sft_model / name).is_file(), name
-    card = (sft_model / "README.md").read_text()
-    assert "recipes/tiny/sft/config.yaml" in card and "train_loss" in card and "data/tiny/sft" in card
+    card = ModelCard.load(sft_model / "README.md")
+    for text in ("recipes/tiny/sft/config.yaml", "train_loss", "data/tiny/sft"):
+        assert text in card.text, text
+    # Local model and data: no base_model, no datasets in the front matter (they would not be Hub ids).
+    assert card.data.to_dict() == {
+        "library_name": "transformers",
+        "pipeline_tag": "text-generation",
+        "tags": ["alignment", "sft", "trl"],
+    }
 
 
 def test_saved_model_reloads_and_stops_at_end_of_turn(sft_model, tiny_data):
@@ -70,9 +78,12 @@ def test_dora_adapter_trains_and_next_stage_loads_it_on_its_base(workdir):
     assert config["r"] == 8 and config["use_dora"] and set(config["target_modules"]) == {"q_proj", "v_proj"}
     assert not (adapter / "model.safetensors").exists()
     assert (adapter / "generation_config.json").is_file()
+    card = ModelCard.load(adapter / "README.md")
+    assert card.data.library_name == "peft" and {"alignment", "sft", "trl", "lora"} <= set(card.data.tags)
+    assert "recipes/tiny/sft/config.yaml" in card.text  # ours, not PEFT's stub
     done = run_script("sft", TINY_SFT, *QUICK, "--model_name_or_path", str(adapter), "--output_dir", "runs/after",
                       "--max_steps", "2", "--log_level", "info", cwd=workdir)  # fmt: skip
-    assert "is an adapter: loading it on its base" in done.stdout + done.stderr
+    assert "is an adapter: merging it into its base" in done.stdout + done.stderr
     assert (workdir / "runs" / "after" / "model.safetensors").is_file()
 
 

@@ -8,32 +8,18 @@ template added. LoRA/DoRA configs come from TRL's `get_peft_config`; QLoRA from 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alignment.chat_templates import BUILTIN_TEMPLATES, apply_chat_template, has_generation_markers
-from alignment.errors import RecipeError
+from alignment.chat_templates import apply_chat_template, ensure_generation_markers
+from alignment.hardware import resolve_attn_implementation
 
 if TYPE_CHECKING:
     from alignment.recipe import Recipe
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_attn_implementation(requested: str | None) -> str | None:
-    """flash-attn needs CUDA and a separate install; fall back to PyTorch's sdpa instead of failing."""
-    import torch
-
-    if requested in ("flash_attention_2", "flash_attention_3"):
-        package = "flash_attn" if requested == "flash_attention_2" else "flash_attn_interface"
-        if importlib.util.find_spec(package) is None or not torch.cuda.is_available():
-            why = "no CUDA device" if importlib.util.find_spec(package) else f"`{package}` is not installed"
-            logger.warning(f"attn_implementation {requested} requested but {why}: using sdpa")
-            return "sdpa"
-    return requested
 
 
 def adapter_base(path: str) -> str | None:
@@ -45,7 +31,11 @@ def adapter_base(path: str) -> str | None:
 
 
 def load_tokenizer(recipe: Recipe) -> Any:
-    """Tokenizer with the recipe's chat template, its end-of-turn token as EOS, and a pad token that is not EOS."""
+    """Tokenizer with the recipe's chat template, its end-of-turn token as EOS, and a pad token.
+
+    With `assistant_only_loss`, a template without `{% generation %}` markers is swapped for TRL's
+    training version of it, or refused with a RecipeError.
+    """
     from transformers import AutoTokenizer
 
     margs = recipe.model
@@ -54,21 +44,23 @@ def load_tokenizer(recipe: Recipe) -> Any:
         source, revision=margs.model_revision, trust_remote_code=recipe.training.trust_remote_code
     )
     apply_chat_template(tokenizer, recipe.args.chat_template)
-    if getattr(recipe.training, "assistant_only_loss", False) and not has_generation_markers(
-        tokenizer.chat_template
-    ):
-        raise RecipeError(
-            "`assistant_only_loss: true` needs a chat template with {% generation %} markers; "
-            f"set `chat_template` to a built-in ({', '.join(sorted(BUILTIN_TEMPLATES))})"
-        )
+    if getattr(recipe.training, "assistant_only_loss", False):
+        ensure_generation_markers(tokenizer)
     return tokenizer
+
+
+MERGED_BASE = "_merged_base"  # under output_dir; the Trainer's Hub pushes skip "_*" folders
+MERGE_STAMP = "merged_from.json"  # written last: a folder without it (or with another one) is rebuilt
 
 
 def load_model(recipe: Recipe, tokenizer: Any) -> Any:
     """Causal LM as the recipe asks (dtype, attention, 4/8-bit), resized to the tokenizer, EOS wired for generation.
 
-    A local adapter folder as `model_name_or_path` (the output of a LoRA stage) is loaded on its base
-    and merged, so the next stage trains or adapts the model the previous stage produced.
+    A local adapter folder as `model_name_or_path` (the output of a LoRA stage) is merged into its
+    base, so this stage starts from the model the previous stage produced; a PEFT recipe then trains
+    a fresh adapter with its own settings (`peft_config_for`), never the previous one. A 4/8-bit
+    model cannot absorb an adapter: the merge is done in full precision and saved once
+    (`merged_base`), and that folder is loaded quantized.
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -82,32 +74,103 @@ def load_model(recipe: Recipe, tokenizer: Any) -> Any:
         "attn_implementation": resolve_attn_implementation(margs.attn_implementation),
         "dtype": margs.dtype if margs.dtype in (None, "auto") else getattr(torch, margs.dtype),
     }
-    if quantization is not None:
-        from accelerate import PartialState
-
-        kwargs["quantization_config"] = quantization
-        kwargs["device_map"] = (
-            {"": PartialState().local_process_index} if torch.cuda.is_available() else {"": "cpu"}
-        )
-    base = adapter_base(margs.model_name_or_path)
-    if base is None:
-        model = AutoModelForCausalLM.from_pretrained(margs.model_name_or_path, **kwargs)
+    source = margs.model_name_or_path
+    if adapter_base(source) is not None and quantization is None:
+        model = merge_adapter(source, tokenizer, kwargs)
     else:
-        from peft import PeftModel
+        if adapter_base(source) is not None:
+            source = merged_base(recipe, tokenizer, kwargs)
+        if quantization is not None:
+            from accelerate import PartialState
 
-        logger.info(f"{margs.model_name_or_path} is an adapter: loading it on its base {base}")
-        model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
-        _resize(model, tokenizer)
-        model = PeftModel.from_pretrained(model, margs.model_name_or_path)
-        if quantization is None:
-            # PEFT froze the base when wrapping it; the merged model is trained in full (or re-wrapped by TRL).
-            model = model.merge_and_unload().requires_grad_(True)
-        else:
-            # A 4/8-bit base cannot absorb the adapter; keep it as a frozen stack under the new adapter.
-            logger.warning("quantized base: the previous stage's adapter is kept unmerged and frozen")
+            kwargs["quantization_config"] = quantization
+            kwargs["device_map"] = (
+                {"": PartialState().local_process_index} if torch.cuda.is_available() else {"": "cpu"}
+            )
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     _resize(model, tokenizer)
     wire_generation_config(model, tokenizer)
     return model
+
+
+def merge_adapter(adapter: str, tokenizer: Any, load_kwargs: dict[str, Any]) -> Any:
+    """A previous stage's adapter merged into its base, loaded unquantized with `load_kwargs`: a plain model."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    config = _mergeable_adapter_config(adapter)
+    logger.info(f"{adapter} is an adapter: merging it into its base {config.base_model_name_or_path}")
+    model = AutoModelForCausalLM.from_pretrained(config.base_model_name_or_path, **load_kwargs)
+    _resize(model, tokenizer)  # to the size the previous stage trained (and saved) its embeddings at
+    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    # PEFT froze the base when wrapping it; the merged model is trained in full or gets a fresh adapter.
+    return merged.requires_grad_(True)
+
+
+def _mergeable_adapter_config(adapter: str) -> Any:
+    """The adapter's PEFT config, or a RecipeError for the kinds that have no weights to merge (prompt learning)."""
+    from peft import PeftConfig
+
+    from alignment.errors import RecipeError
+
+    config = PeftConfig.from_pretrained(adapter)
+    if config.is_prompt_learning or config.is_adaption_prompt:
+        kind = getattr(config.peft_type, "value", config.peft_type)
+        raise RecipeError(
+            f"`model_name_or_path`: {adapter} holds a {kind} adapter, which cannot be merged into its base; "
+            "start from a LoRA stage's output or a full model"
+        )
+    return config
+
+
+def merged_base(recipe: Recipe, tokenizer: Any, load_kwargs: dict[str, Any]) -> str:
+    """`<output_dir>/_merged_base`: the recipe's adapter merged into its full-precision base, to load in 4/8-bit.
+
+    The main process builds it while the others wait (`output_dir` is shared, as for checkpoints);
+    a rerun or resume reuses it while the adapter, dtype and vocabulary are unchanged. It is also
+    the base that the adapter this stage trains is saved against.
+    """
+    import shutil
+
+    from accelerate import PartialState
+
+    adapter = recipe.model.model_name_or_path
+    folder = Path(recipe.training.output_dir) / MERGED_BASE
+    _mergeable_adapter_config(adapter)  # refused on every process, before any of them waits on another
+    stamp = _merge_stamp(adapter, load_kwargs["dtype"], len(tokenizer))
+    with PartialState().main_process_first():
+        if (folder / MERGE_STAMP).is_file() and json.loads((folder / MERGE_STAMP).read_text()) == stamp:
+            logger.info(f"reusing {folder}: {adapter} already merged into its base")
+            return str(folder)
+        logger.info(
+            f"a 4/8-bit model cannot absorb the adapter {adapter}: merging it into its unquantized base, "
+            f"saved to {folder}, and loading that quantized"
+        )
+        partial = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        model = merge_adapter(adapter, tokenizer, load_kwargs)
+        wire_generation_config(model, tokenizer)
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        (partial / MERGE_STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
+        shutil.rmtree(folder, ignore_errors=True)
+        partial.rename(folder)
+    return str(folder)
+
+
+def _merge_stamp(adapter: str, dtype: Any, vocab: int) -> dict[str, Any]:
+    """What a merged base was built from: the adapter's files by content, the dtype and the vocabulary size."""
+    import hashlib
+
+    files = sorted(p for p in Path(adapter).glob("adapter_*") if p.is_file())
+    digests = {}
+    for path in files:
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 24), b""):
+                digest.update(chunk)
+        digests[path.name] = digest.hexdigest()
+    return {"adapter": str(Path(adapter).resolve()), "files": digests, "dtype": str(dtype), "vocab": vocab}
 
 
 def _resize(model: Any, tokenizer: Any) -> None:
@@ -132,26 +195,55 @@ def wire_generation_config(model: Any, tokenizer: Any) -> None:
 
 
 def peft_config_for(recipe: Recipe, model: Any) -> Any:
-    """The LoRA/DoRA config for the trainer, or None: full fine-tuning, or a model that already carries a trainable adapter."""
+    """The recipe's LoRA/DoRA config for the trainer to wrap `model` with, or None for full fine-tuning.
+
+    Always a fresh adapter at the recipe's rank: `load_model` has merged any previous stage's adapter.
+    Logs the rank and the trainable/total parameter counts it gives on `model`.
+    """
     from trl import get_peft_config
 
     if not recipe.model.use_peft:
         return None
-    if hasattr(model, "peft_config"):
-        logger.warning("the model already has an adapter (quantized base): training continues on it")
-        for name, param in model.named_parameters():
-            if "lora_" in name:
-                param.requires_grad = True
-        return None
-    return get_peft_config(recipe.model)
+    config = get_peft_config(recipe.model)
+    trainable, total = _count_adapter_parameters(config, model)
+    logger.info(
+        f"training a new {'DoRA' if config.use_dora else 'LoRA'} adapter: r={config.r}, alpha={config.lora_alpha}, "
+        f"targets {config.target_modules}; {trainable:,} trainable of {total:,} parameters ({trainable / total:.2%})"
+    )
+    return config
+
+
+def _count_adapter_parameters(config: Any, model: Any) -> tuple[int, int]:
+    """Trainable and total parameters once `config` wraps `model`, as PEFT counts them, on a weightless copy.
+
+    TRL wraps the model inside the trainer, after this; a copy on the meta device costs no memory.
+    A target that matches no module is refused here, before training, naming the key.
+    """
+    import copy
+
+    import torch
+    from peft import get_peft_model
+
+    from alignment.errors import RecipeError
+
+    # The class itself, not `from_config`: that would partition the copy under DeepSpeed ZeRO-3 (and need all ranks).
+    with torch.device("meta"):
+        skeleton = type(model)(copy.deepcopy(model.config))
+    try:  # get_peft_model rewrites its config (e.g. expands "all-linear"): give it a copy
+        return get_peft_model(skeleton, copy.deepcopy(config)).get_nb_trainable_parameters()
+    except ValueError as err:
+        if "target module" not in str(err).lower():
+            raise
+        raise RecipeError(f"`lora_target_modules`: {str(err).strip().splitlines()[0]}") from None
 
 
 def load_reference_model(recipe: Recipe, tokenizer: Any) -> Any | None:
     """DPO's frozen reference, where TRL's default would be wrong; None leaves the choice to TRL.
 
-    TRL disables the adapter of a PEFT policy, or reloads the reference from the policy's
-    `config._name_or_path`. For a policy merged from a previous stage's adapter that path is the
-    *base* model, so the reference would silently skip the previous stage: load the merged model again.
+    A PEFT policy needs none: TRL disables its (new) adapter, which leaves the merged previous stage
+    (re-quantized, for QLoRA). Otherwise TRL reloads the reference from `config._name_or_path`; for a
+    policy merged from a previous stage's adapter that path is the *base* model, so the reference
+    would silently skip the previous stage: load the merged model again.
     """
     if recipe.model.use_peft or adapter_base(recipe.model.model_name_or_path) is None:
         return None
