@@ -157,3 +157,14 @@ def test_trl_fraction_is_refused_naming_the_source(tmp_path):
     path.write_text(yaml.safe_dump(keys))
     with pytest.raises(RecipeError, match=r"`datasets\[0\].fraction`.*use `dataset_mixture` with `weight`"):
         parse_recipe("sft", [str(path)])
+
+
+def test_use_flash_attention_2_is_a_switch_in_the_recipe_and_on_the_command_line(tmp_path):
+    assert parse_recipe("sft", [write(tmp_path, use_flash_attention_2=True)]).model.attn_implementation == (
+        "flash_attention_2"
+    )
+    on_cli = parse_recipe("sft", [write(tmp_path), "--use_flash_attention_2", "true"])
+    assert on_cli.model.attn_implementation == "flash_attention_2"
+    off = parse_recipe("sft", [write(tmp_path), "--use_flash_attention_2", "false"])
+    assert off.model.attn_implementation is None
+    assert any("`--use_flash_attention_2` migrated to `--attn_implementation`" in n for n in off.notes)

@@ -113,7 +113,9 @@ def check_folder(folder: str, overrides: list[str] | None = None) -> list[str]:
     return failed
 
 
-def print_plan(recipe: Recipe, processes: int | None = None, target: LaunchTarget | None = None) -> dict[str, Any]:
+def print_plan(
+    recipe: Recipe, processes: int | None = None, target: LaunchTarget | None = None
+) -> dict[str, Any]:
     """Print the dry-run plan as YAML (readable, and parseable by tests and tools), once per launch."""
     summary = plan(recipe, processes, target)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -39,7 +39,8 @@ def _positive(text: str) -> int:
 
 def _add_launch_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "recipe", help="Recipe YAML (recipes/<model>/<stage>/config_*.yaml); for check, also a folder of them."
+        "recipe",
+        help="Recipe YAML (recipes/<model>/<stage>/config_*.yaml); for check, also a folder of them.",
     )
     parser.add_argument("--num_processes", type=_positive, help=LAUNCH_HELP["num_processes"])
     parser.add_argument("--accelerate_config", metavar="FILE", help=LAUNCH_HELP["accelerate_config"])
@@ -74,9 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--stage", choices=STAGES, help="The stage, if the recipe's folder does not say it.")
     tiny = sub.add_parser("tiny", help="The embedded tiny model and task.", allow_abbrev=False)
     tiny_sub = tiny.add_subparsers(dest="tiny_command", metavar="ACTION", parser_class=_Parser, required=True)
-    build = tiny_sub.add_parser("build", help="Write the tiny model, tokenizer and task data.", allow_abbrev=False)
+    build = tiny_sub.add_parser(
+        "build", help="Write the tiny model, tokenizer and task data.", allow_abbrev=False
+    )
     build.add_argument("dir", nargs="?", help="Where to write (default: data/tiny).")
-    sub.add_parser("demo", help="Build the tiny task, run SFT then DPO, print held-out numbers (CPU, ~2 min).")
+    sub.add_parser(
+        "demo", help="Build the tiny task, run SFT then DPO, print held-out numbers (CPU, ~2 min)."
+    )
     return parser
 
 
@@ -85,7 +90,7 @@ def run_check(options: argparse.Namespace, overrides: list[str]) -> None:
 
     from alignment.check import check_folder, infer_stage, print_plan
     from alignment.recipe import parse_recipe
-    from alignment.target import check_precision, read_accelerate_config
+    from alignment.target import checked_target
 
     if Path(options.recipe).is_dir():
         failed = check_folder(options.recipe, overrides)
@@ -93,8 +98,9 @@ def run_check(options: argparse.Namespace, overrides: list[str]) -> None:
     recipe = parse_recipe(options.stage or infer_stage(options.recipe), [options.recipe, *overrides])
     target = None
     if options.accelerate_config:
-        target = read_accelerate_config(options.accelerate_config, options.num_processes)
-        check_precision(recipe.precision, target, recipe.path)
+        target = checked_target(
+            recipe.precision, recipe.path, options.accelerate_config, options.num_processes
+        )
     print_plan(recipe, options.num_processes, target)
 
 
@@ -103,10 +109,10 @@ def run_training(options: argparse.Namespace, overrides: list[str]) -> int:
 
     if options.accelerate_config:  # refuse a precision mismatch before launching anything
         from alignment.recipe import parse_recipe
-        from alignment.target import check_precision, read_accelerate_config
+        from alignment.target import checked_target
 
         recipe = parse_recipe(options.command, [options.recipe, *overrides])
-        check_precision(recipe.precision, read_accelerate_config(options.accelerate_config), recipe.path)
+        checked_target(recipe.precision, recipe.path, options.accelerate_config)
     done = run_stage(
         options.command,
         options.recipe,

@@ -51,9 +51,9 @@ def resolve_attn_implementation(requested: str | None) -> str | None:
 
     if requested is None or "/" in requested:  # a Hub kernel: transformers loads it or says why not
         return requested
-    if is_flash_attention_requested(requested_attention_implementation=requested) and not flash_attention_usable(
-        requested
-    ):
+    if is_flash_attention_requested(
+        requested_attention_implementation=requested
+    ) and not flash_attention_usable(requested):
         logger.warning(
             f"attn_implementation {requested} requested but neither its package on a supported GPU nor a "
             "Hub kernel (`pip install kernels`) is available here: using sdpa"

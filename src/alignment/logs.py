@@ -63,7 +63,9 @@ def quiet_library_noise() -> None:
     # (`kernels-community`); it then uses its own kernel, which is correct, only slower.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     # transformers' own code still calls its deprecated `is_gradient_checkpointing`; not the user's doing.
-    warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning
+    )
     # transformers prints "[INFO] Running in WANDB offline mode" to stdout when its integrations import.
     # `setup_logging` says it once, with what it means, when the run reports to wandb.
     with contextlib.redirect_stdout(io.StringIO()):

@@ -24,6 +24,8 @@ class LegacyKey:
     why: str = ""
     # Deprecated aliases are still fields of today's configs, so they are migrated even though they parse.
     alias: bool = False
+    # A boolean switch that became a value of `new`: true sets `new` to this, false is dropped.
+    switch_to: str | None = None
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,9 @@ LEGACY_KEYS = (
     LegacyKey(
         "gradient_checkpointing_kwargs", "activation_checkpointing_kwargs", "transformers 5.23", alias=True
     ),
-    LegacyKey("use_flash_attention_2", "attn_implementation", "transformers 4.36"),
+    LegacyKey(
+        "use_flash_attention_2", "attn_implementation", "transformers 4.36", switch_to="flash_attention_2"
+    ),
     LegacyKey(
         "max_prompt_length",
         None,
@@ -57,7 +61,9 @@ LEGACY_KEYS = (
         "DPO/KTO truncate the whole sequence to `max_length` (see `truncation_mode`); "
         "there is no separate prompt limit",
     ),
-    LegacyKey("max_completion_length", None, "by trl 1.16", "DPO truncates the whole sequence to `max_length`"),
+    LegacyKey(
+        "max_completion_length", None, "by trl 1.16", "DPO truncates the whole sequence to `max_length`"
+    ),
     LegacyKey(
         "overwrite_output_dir",
         None,
@@ -101,22 +107,28 @@ def migrate_config(config: dict[str, Any], valid: set[str], stage: str) -> tuple
     if "datasets" in config and "datasets" not in valid:
         _migrate_trl_datasets(config, notes)
     _drop_streaming(config)
-    if "use_flash_attention_2" in config:
-        if config.pop("use_flash_attention_2"):
-            config.setdefault("attn_implementation", "flash_attention_2")
-        notes.append(
-            "legacy key `use_flash_attention_2` migrated to `attn_implementation: flash_attention_2` "
-            "(transformers 4.36)"
-        )
     for legacy in LEGACY_KEYS:
-        if legacy.old not in config or (legacy.old in valid and not legacy.alias) or legacy.new == "dataset_mixture":
+        if (
+            legacy.old not in config
+            or (legacy.old in valid and not legacy.alias)
+            or legacy.new == "dataset_mixture"
+        ):
             continue
         if legacy.new is None:
             config.pop(legacy.old)
             notes.append(f"key `{legacy.old}` ignored: {legacy.why} ({legacy.since})")
             continue
+        if legacy.switch_to is not None:
+            if config.pop(legacy.old):
+                config.setdefault(legacy.new, legacy.switch_to)
+            notes.append(
+                f"legacy key `{legacy.old}` migrated to `{legacy.new}: {legacy.switch_to}` ({legacy.since})"
+            )
+            continue
         if legacy.new in config:
-            raise RecipeError(f"both `{legacy.old}` (legacy) and `{legacy.new}` are set; keep only `{legacy.new}`")
+            raise RecipeError(
+                f"both `{legacy.old}` (legacy) and `{legacy.new}` are set; keep only `{legacy.new}`"
+            )
         config[legacy.new] = config.pop(legacy.old)
         notes.append(f"legacy key `{legacy.old}` migrated to `{legacy.new}` ({legacy.since})")
     for key in list(config):
@@ -147,6 +159,10 @@ def migrate_cli(cli: list[str], valid: set[str], stage: str, notes: list[str]) -
                 notes.append(f"option `--{key}` ignored: {legacy.why} ({legacy.since})")
                 continue
             notes.append(f"legacy option `--{key}` migrated to `--{legacy.new}` ({legacy.since})")
+            if legacy.switch_to is not None:
+                if (value or "true").lower() in ("false", "0", "no"):
+                    continue
+                value = legacy.switch_to
             key = legacy.new
         if value is not None:
             value = migrate_value(key, value, stage, notes, where="option ")
@@ -229,11 +245,8 @@ def _drop_streaming(config: dict[str, Any]) -> None:
 
 def legacy_table() -> list[dict[str, str]]:
     """Every migration as rows (for docs and tests)."""
-    rows = [
-        {"old": k.old, "new": k.new or f"(removed: {k.why})", "since": k.since} for k in LEGACY_KEYS
-    ]
+    rows = [{"old": k.old, "new": k.new or f"(removed: {k.why})", "since": k.since} for k in LEGACY_KEYS]
     rows += [
         {"old": f"{v.key}: {v.old}", "new": f"{v.key}: {v.new}", "since": v.since} for v in LEGACY_VALUES
     ]
     return rows
-

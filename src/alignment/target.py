@@ -46,7 +46,9 @@ def read_accelerate_config(path: str, num_processes: int | None = None) -> Launc
     if kind == "DEEPSPEED":
         ds = config.deepspeed_config or {}
         stage = ds.get("zero_stage")
-        offload = [part for part in ("optimizer", "param") if ds.get(f"offload_{part}_device") not in (None, "none")]
+        offload = [
+            part for part in ("optimizer", "param") if ds.get(f"offload_{part}_device") not in (None, "none")
+        ]
         distributed = f"deepspeed zero-{stage}" + (f" (offload {', '.join(offload)})" if offload else "")
     elif kind == "FSDP":
         distributed = f"fsdp{(config.fsdp_config or {}).get('fsdp_version', 1)}"
@@ -74,3 +76,11 @@ def check_precision(recipe_precision: str, target: LaunchTarget, recipe_path: st
         f"`mixed_precision: {target.mixed_precision}`; make them agree (DeepSpeed refuses the mismatch "
         "after loading the model)"
     )
+
+
+def checked_target(recipe_precision: str, recipe_path: str | None, config_file: str,
+                   num_processes: int | None = None) -> LaunchTarget:  # fmt: skip
+    """The launch `config_file` describes, refused if it disagrees with the recipe's precision."""
+    target = read_accelerate_config(config_file, num_processes)
+    check_precision(recipe_precision, target, recipe_path)
+    return target
