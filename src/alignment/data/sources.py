@@ -1,0 +1,248 @@
+"""Reading one source of a mixture: a Hub dataset, a local file or glob, or a saved dataset folder.
+
+`datasets.load_dataset` reads all of these, but a bad file ends in a `DatasetGenerationError` or a
+`StopIteration` traceback that names no file or line, and a saved folder takes no split slicing
+(`train[:10%]`). This module fills those two gaps: every failure becomes one line naming the file
+(and the line, for JSON Lines), and slicing works the same for every kind of source.
+"""
+
+from __future__ import annotations
+
+import glob as globbing
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from alignment.errors import RecipeError
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+# File suffix -> (datasets builder, builder options). `.txt` is one row per line, in a `text` column.
+FILE_BUILDERS: dict[str, tuple[str, dict[str, Any]]] = {
+    ".json": ("json", {}),
+    ".jsonl": ("json", {}),
+    ".parquet": ("parquet", {}),
+    ".csv": ("csv", {}),
+    ".tsv": ("csv", {"sep": "\t"}),
+    ".txt": ("text", {}),
+    ".arrow": ("arrow", {}),
+}
+SPLIT_SPEC = re.compile(r"^(?P<name>[\w.-]+)(?P<slice>\[.*\])?$")
+
+
+@dataclass
+class DatasetSource:
+    """One source of a mixture, as the recipe gives it under `dataset_mixture.datasets`."""
+
+    id: str  # Hub id, local file, glob (`data/*.jsonl`) or saved dataset folder
+    config: str | None = None
+    split: str = "train"  # with slicing: `train[:10%]`, `train[100:200]`
+    columns: list[str] | dict[str, str] | None = None  # keep these, or {reader's name: file's column}
+    weight: float | None = None  # fraction of the valid rows; above 1 repeats rows (recorded)
+    samples: int | None = None  # or an exact count of rows (repeating rows when above what the source has)
+    format: str | None = None  # None: detected from the columns (see data/formats.py)
+    tags: dict[str, str] | None = None  # role mapping for ShareGPT-like files (LLaMA-Factory's `tags`)
+    on_invalid: str = "error"  # error | drop
+    dedup: str | None = None  # exact | minhash | none; None: the mixture's setting
+    data_files: str | list[str] | dict[str, str] | None = None  # for a builder id such as `json`
+    data_dir: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.id + (f" ({self.config})" if self.config else "")
+
+
+def is_local(source_id: str) -> bool:
+    """A Hub id is `name` or `org/name`; anything else that looks like a path is a local source."""
+    return (
+        Path(source_id).exists()
+        or source_id.startswith(("./", "../", "/", "~"))
+        or source_id.count("/") >= 2
+        or Path(source_id).suffix in FILE_BUILDERS
+        or any(c in source_id for c in "*?[")
+    )
+
+
+def split_name(split: str) -> str:
+    """`train[:10%]` -> `train`."""
+    match = SPLIT_SPEC.match(split.replace(" ", ""))
+    if match is None:
+        raise RecipeError(f"split {split!r} is not a split name with an optional slice, e.g. train[:10%]")
+    return match["name"]
+
+
+def read_source(source: DatasetSource, split: str) -> Dataset:
+    """The rows of one split (sliced as asked) of one source, or a one-line error naming what is wrong."""
+    name = split_name(split)
+    if any(c in source.id for c in "*?["):
+        return _slice(_read_files(source.id, _expand_glob(source.id), name), split, source.id)
+    path = Path(source.id).expanduser()
+    if is_local(source.id) and not path.exists():
+        raise RecipeError(f"dataset not found: {source.id} (a local path; build it or fix `id`)")
+    if path.is_file():
+        return _slice(_read_files(source.id, [path], name), split, source.id)
+    if path.is_dir() and (path / "dataset_dict.json").exists():
+        import datasets
+
+        saved = datasets.load_from_disk(str(path))
+        if name not in saved:
+            raise RecipeError(f"dataset {source.id} has no split {name!r} (has {', '.join(saved)})")
+        return _slice(saved[name], split, source.id)
+    if path.is_dir() and (path / "state.json").exists():
+        import datasets
+
+        if name != "train":
+            raise RecipeError(f"dataset {source.id} is a single saved split; it has no split {name!r}")
+        return _slice(datasets.load_from_disk(str(path)), split, source.id)
+    if path.is_dir() and source.data_files is None:
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in FILE_BUILDERS)
+        if not files:
+            raise RecipeError(
+                f"dataset folder {source.id} has no data files ({', '.join(FILE_BUILDERS)}) "
+                "and is no saved dataset"
+            )
+        by_split = [p for p in files if p.stem == name or p.stem.startswith(f"{name}-")]
+        if not by_split:
+            stems = sorted({p.stem.split("-")[0] for p in files})
+            raise RecipeError(f"dataset {source.id} has no split {name!r} (files: {', '.join(stems)})")
+        return _slice(_read_files(source.id, by_split, None), split, source.id)
+    return _read_hub(source, split)
+
+
+def _expand_glob(pattern: str) -> list[Path]:
+    files = sorted(Path(p) for p in globbing.glob(str(Path(pattern).expanduser()), recursive=True))
+    files = [p for p in files if p.is_file()]
+    if not files:
+        raise RecipeError(f"dataset {pattern}: the pattern matches no file")
+    suffixes = {p.suffix for p in files}
+    if len(suffixes) > 1:
+        raise RecipeError(
+            f"dataset {pattern}: matches files of different types ({', '.join(sorted(suffixes))})"
+        )
+    return files
+
+
+def _read_files(label: str, files: list[Path], name: str | None) -> Dataset:
+    """Local files of one type, through the matching `datasets` builder; checked first for a clear error."""
+    import datasets
+
+    suffix = files[0].suffix
+    if suffix not in FILE_BUILDERS:
+        raise RecipeError(
+            f"dataset file {files[0]}: unsupported type {suffix or '(none)'}; use one of {', '.join(FILE_BUILDERS)}"
+        )
+    if name not in ("train", None):  # None: the files of one split of a folder
+        raise RecipeError(f"dataset file {label} has only a `train` split, not {name!r}")
+    for file in files:
+        check_file(file)
+    builder, options = FILE_BUILDERS[suffix]
+    try:
+        return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", **options)
+    except Exception as err:  # datasets wraps parser errors; find the file and line ourselves
+        for file in files:
+            diagnose_file(file)
+        raise RecipeError(f"dataset {label}: could not be read ({_first_line(err)})") from None
+
+
+TEXT_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".txt")
+
+
+def check_file(file: Path) -> None:
+    """The checks `datasets` does not make, before it builds anything.
+
+    An empty file has no rows; invalid UTF-8 in a JSON file is read by pyarrow with no error (the
+    bytes become U+FFFD), so the text would silently differ from the file.
+    """
+    if file.stat().st_size == 0:
+        raise RecipeError(f"{file}: the file is empty")
+    if file.suffix not in TEXT_SUFFIXES:
+        return
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    lines = 1
+    with file.open("rb") as f:
+        while chunk := f.read(1 << 24):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                line = lines + chunk[: err.start].count(b"\n")
+                raise RecipeError(f"{file}:{line}: not valid UTF-8; re-save the file as UTF-8") from None
+            lines += chunk.count(b"\n")
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise RecipeError(f"{file}:{lines}: not valid UTF-8 (cut inside a character)") from None
+
+
+def diagnose_file(file: Path) -> None:
+    """Raise a one-line error naming the line of `file` that `datasets` could not parse (called on failure)."""
+    raw = file.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise RecipeError(
+            f"{file}:{line}: not valid UTF-8 (byte {err.start}); re-save the file as UTF-8"
+        ) from None
+    if not text.strip():
+        raise RecipeError(f"{file}: the file has no rows (only whitespace)")
+    if file.suffix == ".jsonl" or (file.suffix == ".json" and not text.lstrip().startswith("[")):
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise RecipeError(
+                    f"{file}:{number}: not valid JSON ({err.msg}, column {err.colno})"
+                ) from None
+            if not isinstance(row, dict):
+                raise RecipeError(f"{file}:{number}: a row must be a JSON object, got {type(row).__name__}")
+    elif file.suffix == ".json":
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise RecipeError(f"{file}:{err.lineno}: not valid JSON ({err.msg})") from None
+        bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
+        if bad is not None:
+            raise RecipeError(f"{file}: row {bad + 1} of the JSON list is not an object")
+
+
+def _read_hub(source: DatasetSource, split: str) -> Dataset:
+    import datasets
+
+    try:
+        return datasets.load_dataset(
+            source.id, name=source.config, split=split, data_files=source.data_files, data_dir=source.data_dir
+        )
+    except ValueError as err:
+        if "split" in str(err).lower():
+            raise RecipeError(f"dataset {source.label} has no split {split!r} ({_first_line(err)})") from None
+        raise RecipeError(f"dataset {source.label}: {_first_line(err)}") from None
+    except FileNotFoundError as err:
+        raise RecipeError(f"dataset {source.label}: not found ({_first_line(err)})") from None
+
+
+def _slice(rows: Dataset, split: str, label: str) -> Dataset:
+    """Apply `[a:b]` / `[:10%]` of `split` to already-read rows (datasets does it only inside load_dataset)."""
+    spec = split.replace(" ", "")
+    if "[" not in spec:
+        return rows
+    from datasets import ReadInstruction
+
+    name = split_name(spec)
+    try:
+        instruction = ReadInstruction.from_spec(spec)
+        (absolute,) = instruction.to_absolute({name: len(rows)})
+    except (ValueError, AssertionError) as err:
+        raise RecipeError(f"dataset {label}: bad split slice {split!r} ({_first_line(err)})") from None
+    return rows.select(range(absolute.from_, absolute.to))
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
