@@ -408,3 +408,380 @@ def test_pad_equal_to_eos_still_scores_the_end_of_turn_in_dpo(tmp_path):
     assert tokenizer.decode(scored) == "cba<|im_end|>\n"
     assert [m for i, m in zip(chosen_ids, chosen_mask, strict=True) if i == eos] == [0, 1] + [0] * 6
     assert [m for i, m in zip(rejected_ids, rejected_mask, strict=True) if i == eos] == [0, 1]
+
+
+# ---- Tool use: `tools`, assistant `tool_calls`, `tool` results ------------------------------------
+
+# The templates as they were before tool use was added (frozen here): without tools or calls, today's
+# templates must render every conversation exactly as these did, since trained tiny models depend on it.
+LEGACY_TEMPLATES = {
+    "chatml": (
+        "{% for message in messages %}"
+        "{% if message['role'] == 'assistant' %}"
+        "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>\n' }}{% endgeneration %}"
+        "{% else %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endif %}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
+    "zephyr": (
+        "{% for message in messages %}"
+        "{% if message['role'] == 'assistant' %}"
+        "{{ '<|assistant|>\n' }}{% generation %}{{ message['content'] + eos_token + '\n' }}{% endgeneration %}"
+        "{% else %}{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token + '\n' }}{% endif %}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+    ),
+    "llama-3": (
+        "{{ bos_token }}"
+        "{% for message in messages %}"
+        "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' }}"
+        "{% if message['role'] == 'assistant' %}"
+        "{% generation %}{{ message['content'] | trim + '<|eot_id|>' }}{% endgeneration %}"
+        "{% else %}{{ message['content'] | trim + '<|eot_id|>' }}{% endif %}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+    ),
+}
+
+MULTI_TURN = [
+    {"role": "user", "content": " upper xy\n"},
+    {"role": "assistant", "content": "XY\n"},
+    {"role": "user", "content": "again"},
+    {"role": "assistant", "content": ""},
+]
+# Rendered by the templates before tool use was added (the tiny tokenizer: zephyr's EOS is `<|im_end|>`).
+RENDERED_BEFORE_TOOLS = {
+    ("chatml", "system"): (
+        "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nreverse abc<|im_end|>\n"
+        "<|im_start|>assistant\ncba<|im_end|>\n<|im_start|>user\nupper xy<|im_end|>\n"
+        "<|im_start|>assistant\nXY<|im_end|>\n"
+    ),
+    ("chatml", "multi-turn"): (
+        "<|im_start|>user\n upper xy\n<|im_end|>\n<|im_start|>assistant\nXY\n<|im_end|>\n"
+        "<|im_start|>user\nagain<|im_end|>\n<|im_start|>assistant\n<|im_end|>\n"
+    ),
+    ("zephyr", "system"): (
+        "<|system|>\nbe brief<|im_end|>\n<|user|>\nreverse abc<|im_end|>\n<|assistant|>\ncba<|im_end|>\n"
+        "<|user|>\nupper xy<|im_end|>\n<|assistant|>\nXY<|im_end|>\n"
+    ),
+    ("zephyr", "multi-turn"): (
+        "<|user|>\n upper xy\n<|im_end|>\n<|assistant|>\nXY\n<|im_end|>\n<|user|>\nagain<|im_end|>\n"
+        "<|assistant|>\n<|im_end|>\n"
+    ),
+    ("llama-3", "system"): (
+        "<|start_header_id|>system<|end_header_id|>\n\nbe brief<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nreverse abc<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\ncba<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nupper xy<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\nXY<|eot_id|>"
+    ),
+    ("llama-3", "multi-turn"): (
+        "<|start_header_id|>user<|end_header_id|>\n\nupper xy<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\nXY<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nagain<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n<|eot_id|>"
+    ),
+}
+
+
+@pytest.mark.parametrize(("name", "conversation"), sorted(RENDERED_BEFORE_TOOLS))
+def test_conversations_without_tools_render_byte_for_byte_as_before(name, conversation):
+    tokenizer, _ = templated_tokenizer(name)
+    messages = CONVERSATION if conversation == "system" else MULTI_TURN
+    expected = RENDERED_BEFORE_TOOLS[name, conversation]
+    assert tokenizer.apply_chat_template(messages, tokenize=False) == expected
+    assert tokenizer.apply_chat_template(messages, tools=None, tokenize=False) == expected
+    assert tokenizer.apply_chat_template(messages, tools=[], tokenize=False) == expected  # [] is no tools
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_TEMPLATES))
+def test_without_tools_every_rendering_matches_the_frozen_legacy_template(name):
+    tokenizer, _ = templated_tokenizer(name)
+    tokenizer.bos_token = "<|im_start|>"  # so llama-3's `bos_token` renders something
+    odd_contents = ["", " ", "\n", "  two  spaces\n\n", "tab\there", "a{{ b }}c", "<|im_end|>", "ünïcode"]
+    conversations = [CONVERSATION, MULTI_TURN, CONVERSATION[1:3], CONVERSATION[:1]]
+    conversations += [[{"role": "system", "content": c}, {"role": "user", "content": c},
+                       {"role": "assistant", "content": c}] for c in odd_contents]  # fmt: skip
+    conversations.append([*CONVERSATION[1:3], {"role": "system", "content": "late system"}, CONVERSATION[3]])
+    for messages in conversations:
+        for generation_prompt in (False, True):
+            for kwargs in ({}, {"tools": []}):
+                now = tokenizer.apply_chat_template(
+                    messages, tokenize=False, add_generation_prompt=generation_prompt, **kwargs
+                )
+                before = tokenizer.apply_chat_template(
+                    messages, tokenize=False, add_generation_prompt=generation_prompt,
+                    chat_template=LEGACY_TEMPLATES[name],
+                )  # fmt: skip
+                assert now == before, (messages, generation_prompt, kwargs)
+        now = tokenizer.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True)
+        before = tokenizer.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True,
+                                               chat_template=LEGACY_TEMPLATES[name])  # fmt: skip
+        assert now["assistant_masks"] == before["assistant_masks"]  # the assistant mask too
+
+
+TOOLS = [
+    {"type": "function", "function": {"name": "add", "description": "Add two integers.", "parameters": {
+        "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+        "required": ["a", "b"]}}},
+    {"type": "function", "function": {"name": "now", "parameters": {"type": "object", "properties": {}}}},
+]  # fmt: skip
+TOOLS_BLOCK = (
+    "<tools>\n"
+    '{"type": "function", "function": {"name": "add", "description": "Add two integers.", "parameters": '
+    '{"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, '
+    '"required": ["a", "b"]}}}\n'
+    '{"type": "function", "function": {"name": "now", "parameters": {"type": "object", "properties": {}}}}\n'
+    "</tools>"
+)
+ADD_CALL = '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call>'
+NOW_CALL = '<tool_call>\n{"name": "now", "arguments": {}}\n</tool_call>'
+
+
+def call(name: str, arguments: str | dict) -> dict:
+    return {"type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+# A call with no text, its result, then the answer (arguments as the canonical JSON string).
+CALL_THEN_ANSWER = [
+    {"role": "system", "content": "be brief"},
+    {"role": "user", "content": "add 2 3"},
+    {"role": "assistant", "content": "", "tool_calls": [call("add", '{"a": 2, "b": 3}')]},
+    {"role": "tool", "content": "5"},
+    {"role": "assistant", "content": "it is 5"},
+]
+# No system message; text then two calls (one with dict arguments), then both results.
+TWO_CALLS = [
+    {"role": "user", "content": "add 2 3, and the time"},
+    {
+        "role": "assistant",
+        "content": "on it",
+        "tool_calls": [call("add", {"a": 2, "b": 3}), call("now", "{}")],
+    },
+    {"role": "tool", "content": "5"},
+    {"role": "tool", "content": "12:00"},
+]
+RENDERED_WITH_TOOLS = {
+    ("chatml", "call-then-answer"): (
+        f"<|im_start|>system\nbe brief\n\n{TOOLS_BLOCK}<|im_end|>\n<|im_start|>user\nadd 2 3<|im_end|>\n"
+        f"<|im_start|>assistant\n{ADD_CALL}<|im_end|>\n<|im_start|>tool\n5<|im_end|>\n"
+        "<|im_start|>assistant\nit is 5<|im_end|>\n"
+    ),
+    ("chatml", "two-calls"): (
+        f"<|im_start|>system\n{TOOLS_BLOCK}<|im_end|>\n<|im_start|>user\nadd 2 3, and the time<|im_end|>\n"
+        f"<|im_start|>assistant\non it\n{ADD_CALL}\n{NOW_CALL}<|im_end|>\n"
+        "<|im_start|>tool\n5<|im_end|>\n<|im_start|>tool\n12:00<|im_end|>\n"
+    ),
+    ("zephyr", "call-then-answer"): (
+        f"<|system|>\nbe brief\n\n{TOOLS_BLOCK}<|im_end|>\n<|user|>\nadd 2 3<|im_end|>\n"
+        f"<|assistant|>\n{ADD_CALL}<|im_end|>\n<|tool|>\n5<|im_end|>\n<|assistant|>\nit is 5<|im_end|>\n"
+    ),
+    ("zephyr", "two-calls"): (
+        f"<|system|>\n{TOOLS_BLOCK}<|im_end|>\n<|user|>\nadd 2 3, and the time<|im_end|>\n"
+        f"<|assistant|>\non it\n{ADD_CALL}\n{NOW_CALL}<|im_end|>\n"
+        "<|tool|>\n5<|im_end|>\n<|tool|>\n12:00<|im_end|>\n"
+    ),
+    ("llama-3", "call-then-answer"): (
+        f"<|start_header_id|>system<|end_header_id|>\n\nbe brief\n\n{TOOLS_BLOCK}<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nadd 2 3<|eot_id|>"
+        f"<|start_header_id|>assistant<|end_header_id|>\n\n{ADD_CALL}<|eot_id|>"
+        "<|start_header_id|>ipython<|end_header_id|>\n\n5<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\nit is 5<|eot_id|>"
+    ),
+    ("llama-3", "two-calls"): (
+        f"<|start_header_id|>system<|end_header_id|>\n\n{TOOLS_BLOCK}<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nadd 2 3, and the time<|eot_id|>"
+        f"<|start_header_id|>assistant<|end_header_id|>\n\non it\n{ADD_CALL}\n{NOW_CALL}<|eot_id|>"
+        "<|start_header_id|>ipython<|end_header_id|>\n\n5<|eot_id|>"
+        "<|start_header_id|>ipython<|end_header_id|>\n\n12:00<|eot_id|>"
+    ),
+}
+TOOL_CONVERSATIONS = {"call-then-answer": CALL_THEN_ANSWER, "two-calls": TWO_CALLS}
+
+
+@pytest.mark.parametrize(("name", "conversation"), sorted(RENDERED_WITH_TOOLS))
+def test_tools_calls_and_results_render_in_each_builtin(name, conversation):
+    tokenizer, _ = templated_tokenizer(name)
+    rendered = tokenizer.apply_chat_template(TOOL_CONVERSATIONS[conversation], tools=TOOLS, tokenize=False)
+    assert rendered == RENDERED_WITH_TOOLS[name, conversation]
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_TEMPLATES))
+def test_tool_calls_render_without_tools_and_tools_without_calls(name):
+    tokenizer, _ = templated_tokenizer(name)
+    # Calls in the data but no schemas passed: the calls are still rendered, with no tools block.
+    rendered = tokenizer.apply_chat_template(CALL_THEN_ANSWER, tokenize=False)
+    assert ADD_CALL in rendered and "<tools>" not in rendered
+    # Schemas but no calls: only the block is added.
+    with_block = tokenizer.apply_chat_template(CONVERSATION, tools=TOOLS, tokenize=False)
+    assert (
+        with_block.replace(f"be brief\n\n{TOOLS_BLOCK}", "be brief") == RENDERED_BEFORE_TOOLS[name, "system"]
+    )
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_TEMPLATES))
+def test_string_and_dict_arguments_render_the_same(name):
+    tokenizer, _ = templated_tokenizer(name)
+    as_dict = copy.deepcopy(CALL_THEN_ANSWER)
+    as_dict[2]["tool_calls"] = [call("add", {"a": 2, "b": 3})]
+    assert tokenizer.apply_chat_template(as_dict, tools=TOOLS, tokenize=False) == (
+        tokenizer.apply_chat_template(CALL_THEN_ANSWER, tools=TOOLS, tokenize=False)
+    )
+
+
+def masked_runs(tokenizer, ids: list[int], mask: list[int]) -> list[str]:
+    """The text of each contiguous stretch of the assistant mask, in order."""
+    runs_, current = [], []
+    for token, m in zip(ids, mask, strict=True):
+        if m:
+            current.append(token)
+        elif current:
+            runs_.append(current)
+            current = []
+    if current:
+        runs_.append(current)
+    return [tokenizer.decode(run) for run in runs_]
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_TEMPLATES))
+def test_assistant_mask_covers_the_calls_and_end_of_turn_but_not_the_tool_result(name):
+    tokenizer, end_of_turn = templated_tokenizer(name)
+    after = "" if name == "llama-3" else "\n"
+    out = tokenizer.apply_chat_template(
+        CALL_THEN_ANSWER, tools=TOOLS, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    ids, mask = out["input_ids"], out["assistant_masks"]
+    assert masked_runs(tokenizer, ids, mask) == [
+        f"{ADD_CALL}{end_of_turn}{after}",
+        f"it is 5{end_of_turn}{after}",
+    ]
+    unmasked = tokenizer.decode([i for i, m in zip(ids, mask, strict=True) if not m])
+    assert TOOLS_BLOCK in unmasked
+    tool_turn = {"chatml": "<|im_start|>tool\n5<|im_end|>\n", "zephyr": "<|tool|>\n5<|im_end|>\n",
+                 "llama-3": "<|start_header_id|>ipython<|end_header_id|>\n\n5<|eot_id|>"}[name]  # fmt: skip
+    assert tool_turn in unmasked
+
+
+def test_tiny_tokenizer_masks_the_call_not_the_tool_result():
+    """The tiny tokenizer's own template (ChatML, one token a character), as the tiny recipes use it."""
+    tokenizer = tiny_tokenizer()
+    out = tokenizer.apply_chat_template(
+        TWO_CALLS + [{"role": "assistant", "content": "5, at 12:00"}],
+        tools=TOOLS, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+    )  # fmt: skip
+    ids, mask = out["input_ids"], out["assistant_masks"]
+    assert masked_runs(tokenizer, ids, mask) == [
+        f"on it\n{ADD_CALL}\n{NOW_CALL}<|im_end|>\n",
+        "5, at 12:00<|im_end|>\n",
+    ]
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert [m for i, m in zip(ids, mask, strict=True) if i == im_end] == [0, 0, 1, 0, 0, 1]
+    # The tool results sit between the two masked stretches, all unmasked.
+    masked = [k for k, m in enumerate(mask) if m]
+    first_end, second_start = next((a, b) for a, b in zip(masked, masked[1:], strict=False) if b != a + 1)
+    between = tokenizer.decode(ids[first_end + 1 : second_start])
+    assert (
+        between == "<|im_start|>tool\n5<|im_end|>\n<|im_start|>tool\n12:00<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_TEMPLATES))
+def test_tool_calls_none_renders_as_absent(name):
+    tokenizer, _ = templated_tokenizer(name)
+    with_none = [{**message, "tool_calls": None} for message in CONVERSATION]
+    assert tokenizer.apply_chat_template(with_none, tokenize=False) == RENDERED_BEFORE_TOOLS[name, "system"]
+    with_empty = [{**message, "tool_calls": []} for message in CONVERSATION]
+    assert tokenizer.apply_chat_template(with_empty, tokenize=False) == RENDERED_BEFORE_TOOLS[name, "system"]
+    without, none = (
+        tokenizer.apply_chat_template(
+            messages, tools=TOOLS, return_dict=True, return_assistant_tokens_mask=True
+        )
+        for messages in (CONVERSATION, with_none)
+    )
+    assert none["input_ids"] == without["input_ids"] and none["assistant_masks"] == without["assistant_masks"]
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_TEMPLATES))
+def test_rows_back_from_arrow_render_as_written(name):
+    """Arrow gives each message every field of the column's struct: `tool_calls: None` where it had none."""
+    from datasets import Dataset
+
+    tokenizer, _ = templated_tokenizer(name)
+    rows = [{"messages": CALL_THEN_ANSWER}, {"messages": CONVERSATION}]
+    back = Dataset.from_list(rows)
+    assert back[1]["messages"][0]["tool_calls"] is None  # the shape this guards against
+    for row, original in zip(back, rows, strict=True):
+        assert tokenizer.apply_chat_template(row["messages"], tools=TOOLS, tokenize=False) == (
+            tokenizer.apply_chat_template(original["messages"], tools=TOOLS, tokenize=False)
+        )
+
+
+def one_layer_model(tokenizer):
+    """A 1-layer model for the tiny tokenizer, with room for a conversation with tools (a token a char)."""
+    config = TinyModelConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                             max_position_embeddings=512)  # fmt: skip
+    return build_model(tokenizer, config)
+
+
+def test_sft_trains_on_tool_calls_from_a_tools_column(tmp_path):
+    """Through TRL's SFT tokenisation (`tools` as a JSON string column, Arrow-filled `tool_calls: None`,
+    `assistant_only_loss`): the labels are the call, the answer and their ends of turn; the tool result
+    is not trained on."""
+    import json
+
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = tiny_tokenizer()
+    model = one_layer_model(tokenizer)
+    rows = [
+        {"messages": CALL_THEN_ANSWER, "tools": json.dumps(TOOLS)},
+        {"messages": CONVERSATION, "tools": None},
+    ]
+    args = SFTConfig(output_dir=str(tmp_path), assistant_only_loss=True, max_length=None, report_to="none",
+                     use_cpu=True, bf16=False)  # fmt: skip
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    trained = [
+        tokenizer.decode([i for i, label in zip(ids, labels, strict=True) if label != -100])
+        for ids, labels in zip(batch["input_ids"].tolist(), batch["labels"].tolist(), strict=True)
+    ]
+    assert trained == [f"{ADD_CALL}<|im_end|>\nit is 5<|im_end|>\n", "cba<|im_end|>\nXY<|im_end|>\n"]
+    first = tokenizer.decode(batch["input_ids"][0].tolist())
+    assert first.startswith(f"<|im_start|>system\nbe brief\n\n{TOOLS_BLOCK}<|im_end|>\n")
+    assert "<|im_start|>tool\n5<|im_end|>\n" in first
+
+
+def test_dpo_scores_a_chosen_tool_call_after_a_tool_history(tmp_path):
+    """Through TRL's DPO tokenisation: the prompt (with the tools block, a call and its result) renders as a
+    prefix of prompt + answer, so the scored completion is exactly the answer: a call, or text."""
+    import json
+
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    tokenizer = tiny_tokenizer()
+    model = one_layer_model(tokenizer)
+    rows = [
+        {"prompt": CALL_THEN_ANSWER[:2], "chosen": [CALL_THEN_ANSWER[2]],
+         "rejected": [{"role": "assistant", "content": "it is 6"}], "tools": json.dumps(TOOLS)},
+        {"prompt": CALL_THEN_ANSWER[:4], "chosen": [CALL_THEN_ANSWER[4]],
+         "rejected": [{"role": "assistant", "content": "it is 6"}], "tools": json.dumps(TOOLS)},
+    ]  # fmt: skip
+    args = DPOConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False)
+    trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model), args=args,
+                         train_dataset=Dataset.from_list(rows), processing_class=tokenizer)  # fmt: skip
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    scored = [
+        tokenizer.decode([i for i, m in zip(ids, mask, strict=True) if m])
+        for ids, mask in zip(batch["input_ids"].tolist(), batch["completion_mask"].tolist(), strict=True)
+    ]
+    # The collator stacks chosen rows, then rejected rows.
+    assert scored == [
+        f"{ADD_CALL}<|im_end|>\n",
+        "it is 5<|im_end|>\n",
+        "it is 6<|im_end|>\n",
+        "it is 6<|im_end|>\n",
+    ]

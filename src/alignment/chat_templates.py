@@ -3,6 +3,8 @@
 TRL's `assistant_only_loss` needs the template to mark assistant text with `{% generation %}`; most
 tokenizers on the Hub ship templates without it. Each built-in puts the end-of-turn token (and the
 newline after it) inside the marked block, so the model learns to stop and DPO scores what it says.
+Each also renders tool use (the `tools` schemas, assistant `tool_calls`, `tool` results), which
+TRL passes to the template but which a template that prints only `content` drops from training.
 A tokenizer whose own template is one TRL knows gets TRL's marked training version instead.
 """
 
@@ -26,13 +28,54 @@ class ChatTemplate:
     special_tokens: tuple[str, ...]  # must exist as single tokens; added when missing
 
 
+# Tool use: conversations with tools come in the canonical shape (assistant `tool_calls` in OpenAI's
+# form, `tool` messages, the schema list passed as `tools=`), and TRL renders them through the template;
+# one that printed only `content` would drop every call from training without a word. All three built-ins
+# share the layout of the Hermes and Qwen2.5/Qwen3 templates, which many open models read: the schemas inside
+# `<tools></tools>` in the system turn, one JSON object a line, and each call as
+# `<tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>` after the answer's text, inside the marked
+# block (the model learns to emit the calls, then to end its turn). One layout means one parser for what
+# a trained model emits, whichever template trained it. Hermes/Qwen's instruction prose around the block
+# is left out: it would cost its tokens on every row, and a recipe that wants it can put it in its system
+# message. Without tools or calls the macros render nothing, so such conversations render as before.
+TOOL_MACROS = (
+    "{% macro render_tools(tools) %}"
+    "{{ '<tools>' }}{% for tool in tools %}{{ '\n' + (tool | tojson) }}{% endfor %}{{ '\n</tools>' }}"
+    "{% endmacro %}"
+    # `calls or []`: Arrow fills an absent `tool_calls` with None, which must render as no calls.
+    # `call['function'] or call` also takes calls written without OpenAI's `function` wrapper.
+    # `arguments` is a JSON string in canonical rows (rendered verbatim); a dict is rendered with `tojson`.
+    "{% macro render_tool_calls(calls, after_text) %}"
+    "{% for call in calls or [] %}{% set fn = call['function'] or call %}"
+    "{% if after_text or not loop.first %}{{ '\n' }}{% endif %}"
+    "{{ '<tool_call>\n{\"name\": ' + (fn['name'] | tojson) + ', \"arguments\": ' }}"
+    "{% if fn['arguments'] is string %}{{ fn['arguments'] }}"
+    "{% else %}{{ fn['arguments'] | tojson }}{% endif %}"
+    "{{ '}\n</tool_call>' }}"
+    "{% endfor %}"
+    "{% endmacro %}"
+)
+# The tools block goes into the first system message (after a blank line, when it has text), or into a
+# system turn of its own before the first message when the conversation has none.
+HAS_SYSTEM = "(messages and messages[0]['role'] == 'system')"
+
 CHATML = ChatTemplate(
     name="chatml",
     template=(
+        TOOL_MACROS + "{% if tools and not " + HAS_SYSTEM + " %}"
+        "{{ '<|im_start|>system\n' + render_tools(tools) + '<|im_end|>\n' }}{% endif %}"
         "{% for message in messages %}"
         "{% if message['role'] == 'assistant' %}"
-        "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>\n' }}{% endgeneration %}"
-        "{% else %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endif %}"
+        "{{ '<|im_start|>assistant\n' }}{% generation %}"
+        "{{ message['content'] + render_tool_calls(message['tool_calls'], message['content']) "
+        "+ '<|im_end|>\n' }}"
+        "{% endgeneration %}"
+        "{% elif tools and loop.first and message['role'] == 'system' %}"
+        "{{ '<|im_start|>system\n' + message['content'] + ('\n\n' if message['content'] else '') "
+        "+ render_tools(tools) + '<|im_end|>\n' }}"
+        # A tool's result is an ordinary turn under its own role, as Hermes has it: `<|im_start|>tool`.
+        "{% else %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+        "{% endif %}"
         "{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
     ),
@@ -43,9 +86,18 @@ CHATML = ChatTemplate(
 ZEPHYR = ChatTemplate(
     name="zephyr",
     template=(
+        TOOL_MACROS + "{% if tools and not " + HAS_SYSTEM + " %}"
+        "{{ '<|system|>\n' + render_tools(tools) + eos_token + '\n' }}{% endif %}"
         "{% for message in messages %}"
         "{% if message['role'] == 'assistant' %}"
-        "{{ '<|assistant|>\n' }}{% generation %}{{ message['content'] + eos_token + '\n' }}{% endgeneration %}"
+        "{{ '<|assistant|>\n' }}{% generation %}"
+        "{{ message['content'] + render_tool_calls(message['tool_calls'], message['content']) "
+        "+ eos_token + '\n' }}"
+        "{% endgeneration %}"
+        "{% elif tools and loop.first and message['role'] == 'system' %}"
+        "{{ '<|system|>\n' + message['content'] + ('\n\n' if message['content'] else '') "
+        "+ render_tools(tools) + eos_token + '\n' }}"
+        # A tool's result follows zephyr's own `<|role|>` convention: `<|tool|>`.
         "{% else %}{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token + '\n' }}{% endif %}"
         "{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
@@ -57,11 +109,22 @@ ZEPHYR = ChatTemplate(
 LLAMA3 = ChatTemplate(
     name="llama-3",
     template=(
-        "{{ bos_token }}"
+        TOOL_MACROS + "{{ bos_token }}"
+        "{% if tools and not " + HAS_SYSTEM + " %}"
+        "{{ '<|start_header_id|>system<|end_header_id|>\n\n' + render_tools(tools) + '<|eot_id|>' }}"
+        "{% endif %}"
         "{% for message in messages %}"
-        "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' }}"
+        # A tool's result goes under `ipython`, the header Llama 3.1+ models were trained to read tool
+        # output from (Meta's own template does the same); `tool` would be a header they never saw.
+        "{{ '<|start_header_id|>' + ('ipython' if message['role'] == 'tool' else message['role']) "
+        "+ '<|end_header_id|>\n\n' }}"
         "{% if message['role'] == 'assistant' %}"
-        "{% generation %}{{ message['content'] | trim + '<|eot_id|>' }}{% endgeneration %}"
+        "{% generation %}{{ message['content'] | trim "
+        "+ render_tool_calls(message['tool_calls'], message['content'] | trim) + '<|eot_id|>' }}"
+        "{% endgeneration %}"
+        "{% elif tools and loop.first and message['role'] == 'system' %}"
+        "{{ message['content'] | trim + ('\n\n' if message['content'] | trim else '') "
+        "+ render_tools(tools) + '<|eot_id|>' }}"
         "{% else %}{{ message['content'] | trim + '<|eot_id|>' }}{% endif %}"
         "{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
