@@ -10,7 +10,7 @@ STAMP := $(VENV)/.alignment-installed
 TORCH_VERSION ?= 2.13.0
 EXTRAS ?= dev
 
-.PHONY: install demo test test-fast lint format tiny clean
+.PHONY: install demo test test-fast lint format tiny bench-data clean
 
 install: $(STAMP)
 
@@ -32,12 +32,16 @@ test-fast: install
 	$(PY) -m pytest tests -m "not slow"
 
 lint: install
-	$(PY) -m ruff check src scripts tests
-	$(PY) -m ruff format --check src scripts tests
+	$(PY) -m ruff check src scripts tests benchmarks
+	$(PY) -m ruff format --check src scripts tests benchmarks
 
 format: install
-	$(PY) -m ruff check --fix src scripts tests
-	$(PY) -m ruff format src scripts tests
+	$(PY) -m ruff check --fix src scripts tests benchmarks
+	$(PY) -m ruff format src scripts tests benchmarks
+
+# Data-layer throughput on 200k generated conversations; writes benchmarks/results/<device>-<date>-data.json.
+bench-data: install
+	$(PY) benchmarks/data.py
 
 tiny: install
 	$(PY) -m alignment.cli tiny build

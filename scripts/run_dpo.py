@@ -21,16 +21,16 @@ def main(argv: list[str] | None = None) -> None:
 
     from trl import DPOTrainer
 
-    from alignment.data.mixture import load_mixture
+    from alignment.data.prepare import prepare_data
     from alignment.logs import setup_logging
     from alignment.model import load_model, load_reference_model, load_tokenizer, peft_config_for
     from alignment.training import finish_training, resume_checkpoint
 
     setup_logging(recipe.training)
 
-    # Data, tokenizer, policy and reference
-    datasets = load_mixture(recipe.mixture)
+    # Tokenizer, then the data (converted, checked, curated, measured with it), then policy and reference
     tokenizer = load_tokenizer(recipe)
+    datasets, data_report = prepare_data(recipe, tokenizer)
     model = load_model(recipe, tokenizer)
     reference = load_reference_model(recipe, tokenizer)
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     result = trainer.train(resume_from_checkpoint=resume_checkpoint(recipe.training))
 
     # Save, evaluate, card, push
-    finish_training(trainer, recipe, result, datasets)
+    finish_training(trainer, recipe, result, datasets, data_report)
 
 
 if __name__ == "__main__":

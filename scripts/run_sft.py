@@ -21,16 +21,16 @@ def main(argv: list[str] | None = None) -> None:
 
     from trl import SFTTrainer
 
-    from alignment.data.mixture import load_mixture
+    from alignment.data.prepare import prepare_data
     from alignment.logs import setup_logging
     from alignment.model import load_model, load_tokenizer, peft_config_for
     from alignment.training import finish_training, resume_checkpoint
 
     setup_logging(recipe.training)
 
-    # Data, tokenizer, model
-    datasets = load_mixture(recipe.mixture)
+    # Tokenizer, then the data (converted, checked, curated, measured with it), then the model
     tokenizer = load_tokenizer(recipe)
+    datasets, data_report = prepare_data(recipe, tokenizer)
     model = load_model(recipe, tokenizer)
 
     # Training
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     result = trainer.train(resume_from_checkpoint=resume_checkpoint(recipe.training))
 
     # Save, evaluate, card, push
-    finish_training(trainer, recipe, result, datasets)
+    finish_training(trainer, recipe, result, datasets, data_report)
 
 
 if __name__ == "__main__":

@@ -128,3 +128,35 @@ def test_demo_shows_real_learning(tmp_path):
     assert dpo["dpo_reward_accuracy"] > 0.9
     assert "| dpo |" in done.stdout
     assert "FutureWarning" not in done.stdout + done.stderr
+
+
+def test_data_writes_canonical_rows_report_and_marked_examples(workdir):
+    out = workdir / "inspect"
+    done = subprocess.run(
+        [sys.executable, "-m", "alignment.cli", "data", str(REPO / "recipes/tiny/sft/config.yaml"),
+         "--output_dir", str(out), "--max_length", "20"],
+        cwd=workdir, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    train = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    test = [json.loads(line) for line in (out / "test.jsonl").read_text().splitlines()]
+    report = json.loads((out / "data_report.json").read_text())
+    assert len(train) == 3000 and len(test) == 200  # every row before length accounting, which only counts
+    assert {m["role"] for row in train for m in row["messages"]} == {"user", "assistant"}
+    assert report["splits"]["train"]["rows"] == 3000
+    assert report["splits"]["train"]["truncated"] > 0  # max_length 20 cuts some answers, and says so
+    # The answer and its end-of-turn are marked as trained; the prompt is not.
+    assert "<|im_start|>assistant\n[[" in done.stdout and "<|im_end|>\n]]" in done.stdout
+    assert "--- example 3 of 3000 (train) ---" in done.stdout
+
+
+def test_data_names_a_file_it_cannot_read_in_one_line(workdir):
+    (workdir / "bad.jsonl").write_text('{"foo": 1, "bar": 2}\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "alignment.cli", "data", str(REPO / "recipes/tiny/sft/config.yaml"),
+         "--output_dir", "x", "--dataset_mixture", '{"datasets": [{"id": "bad.jsonl"}]}'],
+        cwd=workdir, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    [line] = [x for x in done.stderr.splitlines() if x.startswith("error:")]
+    assert line.startswith("error: dataset bad.jsonl: cannot tell the format of columns [")

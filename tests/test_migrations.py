@@ -131,7 +131,7 @@ def test_trl_datasets_list_is_mapped_onto_a_mixture_that_loads(tmp_path):
     assert any("TRL's `datasets` list (1 sources) mapped onto `dataset_mixture`" in n for n in recipe.notes)
     data = load_mixture(recipe.mixture)
     assert (len(data["train"]), len(data["test"])) == (8, 2)
-    assert data["train"].column_names == ["messages"]
+    assert data["train"].column_names == ["messages", "tools"]  # canonical SFT rows
 
 
 @pytest.mark.parametrize(

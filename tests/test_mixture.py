@@ -1,15 +1,19 @@
-"""Dataset mixtures: per-source fractions, eval sets kept apart from training, local sources, config errors."""
+"""Dataset mixtures: per-source weights and counts, eval sets kept apart, local sources, config errors.
+
+Rows here are plain `text` rows, so the mixture is built for the `cpt` stage (its canonical row is `text`).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 
 import datasets
 import pytest
 
-from alignment.data.mixture import MixtureConfig, load_mixture
+from alignment.data.mixture import SOURCE_COLUMN, MixtureConfig, build_mixture, load_mixture
 from alignment.errors import RecipeError
 
 
@@ -30,7 +34,7 @@ def numbered(n: int, prefix: str = "r") -> list[dict]:
 
 
 def mix(raw: dict) -> datasets.DatasetDict:
-    return load_mixture(MixtureConfig.from_dict(raw))
+    return load_mixture(MixtureConfig.from_dict(raw), stage="cpt")
 
 
 def texts(rows: datasets.Dataset) -> list[str]:
@@ -172,9 +176,17 @@ def test_missing_column_raises_naming_the_column(tmp_path):
         ({"datasets": [{"id": "a.jsonl"}], "test_splt": "test"}, ["test_splt", "did you mean `test_split`"]),
         ({"datasets": [{"id": "a.jsonl", "weight": 0}]}, ["weight", "0"]),
         ({"datasets": [{"id": "a.jsonl", "weight": -0.5}]}, ["weight", "-0.5"]),
-        ({"datasets": [{"id": "a.jsonl", "weight": 1.5}]}, ["weight", "1.5"]),
         ({"datasets": [{"id": "a.jsonl", "weight": "0.5"}]}, ["weight", "'0.5'"]),
         ({"datasets": [{"id": "a.jsonl", "weight": True}]}, ["weight"]),
+        ({"datasets": [{"id": "a.jsonl", "weight": 0.5, "samples": 3}]}, ["weight", "samples"]),
+        ({"datasets": [{"id": "a.jsonl", "samples": 0}]}, ["samples", "0"]),
+        ({"datasets": [{"id": "a.jsonl", "samples": 2.5}]}, ["samples", "2.5"]),
+        ({"datasets": [{"id": "a.jsonl", "format": "sharegtp"}]}, ["format", "did you mean `sharegpt`"]),
+        ({"datasets": [{"id": "a.jsonl", "on_invalid": "skip"}]}, ["on_invalid", "error, drop"]),
+        ({"datasets": [{"id": "a.jsonl", "dedup": "fuzzy"}]}, ["dedup", "exact, minhash, none"]),
+        ({"datasets": [{"id": "a.jsonl"}], "dedup": "yes"}, ["dataset_mixture.dedup"]),
+        ({"datasets": [{"id": "a.jsonl", "tags": {"role": "from"}}]}, ["tags.role"]),
+        ({"datasets": [{"id": "a.jsonl"}], "decontaminate_ngram": 0}, ["decontaminate_ngram"]),
         ({"datasets": []}, ["datasets"]),
         ({"seed": 0}, ["datasets"]),
         ({"datasets": [{"weight": 0.5}]}, ["datasets[0]", "`id`"]),
@@ -188,8 +200,9 @@ def test_missing_column_raises_naming_the_column(tmp_path):
         (["a.jsonl"], ["dataset_mixture"]),
     ],
     ids=[
-        "typo-weight", "typo-test_split", "weight-0", "weight-negative", "weight-above-1", "weight-string",
-        "weight-bool", "empty-datasets", "no-datasets", "missing-id", "missing-id-second", "both-test-keys",
+        "typo-weight", "typo-test_split", "weight-0", "weight-negative", "weight-string",
+        "weight-bool", "weight-and-samples", "samples-0", "samples-float", "format-typo", "on_invalid-unknown",
+        "dedup-unknown", "mixture-dedup", "tags-unknown", "ngram-0", "empty-datasets", "no-datasets", "missing-id", "missing-id-second", "both-test-keys",
         "test_split_size-1.5", "test_split_size-0", "test_split_size-string", "columns-not-list", "seed-string",
         "not-a-mapping",
     ],
@@ -240,7 +253,7 @@ def test_missing_relative_folder_raises_recipe_error(tmp_path, monkeypatch):
 def test_jsonl_file_source_loads_every_row(tmp_path):
     source = write_jsonl(tmp_path / "rows.jsonl", numbered(12))
     out = mix({"datasets": [{"id": str(source)}]})
-    assert out["train"].to_list() == numbered(12)
+    assert out["train"].to_list() == [{"text": row["text"]} for row in numbered(12)]
 
 
 def test_file_source_has_no_test_split(tmp_path):
@@ -280,3 +293,209 @@ def test_saved_dataset_dict_without_the_split_raises_naming_it(tmp_path):
     datasets.DatasetDict({"train": datasets.Dataset.from_list(numbered(4))}).save_to_disk(str(saved))
     with pytest.raises(RecipeError, match="test"):
         mix({"datasets": [{"id": str(saved)}], "test_split": "test"})
+
+
+# --- Counts: weights above 1, exact samples ------------------------------------------------------------
+
+
+def build(raw: dict, stage: str = "cpt"):
+    data, reports, notes = build_mixture(MixtureConfig.from_dict(raw), stage)
+    return data, {(r.id, r.split): r for r in reports}, notes
+
+
+def test_weight_above_one_repeats_rows_and_the_report_counts_the_repeats(tmp_path):
+    source = write_jsonl(tmp_path / "a.jsonl", numbered(10))
+    data, reports, _ = build({"datasets": [{"id": str(source), "weight": 2.5}]})
+    kept = texts(data["train"])
+    assert len(kept) == 25
+    assert Counter(Counter(kept).values()) == {3: 5, 2: 5}  # two whole copies and a seeded half
+    report = reports[(str(source), "train")]
+    assert (report.rows_read, report.rows_kept, report.repeated, report.subsampled) == (10, 25, 15, 0)
+
+
+@pytest.mark.parametrize(("samples", "repeated", "subsampled"), [(7, 0, 3), (10, 0, 0), (23, 13, 0)])
+def test_samples_is_an_exact_count(tmp_path, samples, repeated, subsampled):
+    source = write_jsonl(tmp_path / "a.jsonl", numbered(10))
+    data, reports, _ = build({"datasets": [{"id": str(source), "samples": samples}]})
+    assert len(data["train"]) == samples
+    report = reports[(str(source), "train")]
+    assert (report.rows_kept, report.repeated, report.subsampled) == (samples, repeated, subsampled)
+
+
+# --- Formats mixed, invalid rows, curation ----------------------------------------------------------------
+
+
+def conversation(i: int) -> list[dict]:
+    return [{"role": "user", "content": f"What is {i} + {i}?"}, {"role": "assistant", "content": f"{2 * i}"}]
+
+
+def test_sources_of_three_formats_mix_into_one_messages_column(tmp_path):
+    a = write_jsonl(tmp_path / "openai.jsonl", [{"messages": conversation(i)} for i in range(3)])
+    b = write_jsonl(
+        tmp_path / "sharegpt.jsonl",
+        [{"conversations": [{"from": "human", "value": f"What is {i} + {i}?"}, {"from": "gpt", "value": f"{2 * i}"}]}
+         for i in range(3, 5)],
+    )  # fmt: skip
+    c = write_jsonl(
+        tmp_path / "alpaca.jsonl",
+        [{"instruction": f"What is {i} + {i}?", "input": "", "output": f"{2 * i}"} for i in range(5, 6)],
+    )
+    data, reports, _ = build({"datasets": [{"id": str(a)}, {"id": str(b)}, {"id": str(c)}]}, stage="sft")
+    assert data["train"].column_names == ["messages", "tools", SOURCE_COLUMN]
+    got = [[{"role": m["role"], "content": m["content"]} for m in row] for row in data["train"]["messages"]]
+    assert got == [conversation(i) for i in range(6)]
+    assert [reports[(str(p), "train")].format for p in (a, b, c)] == ["messages", "sharegpt", "alpaca"]
+
+
+def invalid_rows() -> list[dict]:
+    rows = [{"messages": conversation(i)} for i in range(10)]
+    rows[2]["messages"] = [{"role": "user", "content": "one"}, {"role": "user", "content": "two"},
+                           {"role": "assistant", "content": "x"}]  # fmt: skip
+    rows[5]["messages"] = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]
+    rows[7]["messages"] = [{"role": "user", "content": "a"}, {"role": "assistant", "content": " "}]
+    rows[9]["messages"] = [{"role": "user", "content": "no answer"}]
+    return rows
+
+
+def test_invalid_rows_stop_the_run_naming_file_row_reason_and_count(tmp_path):
+    source = write_jsonl(tmp_path / "chat.jsonl", invalid_rows())
+    with pytest.raises(RecipeError) as err:
+        build({"datasets": [{"id": str(source)}]}, stage="sft")
+    message = str(err.value)
+    assert "4 invalid row(s) of 10" in message
+    assert f"{source}:3: consecutive user turns" in message
+    assert f"{source}:6: empty answer" in message and f"{source}:8: empty answer" in message
+    assert ":10:" not in message  # the first three offenders only
+    assert "on_invalid: drop" in message and "\n" not in message
+
+
+def test_on_invalid_drop_drops_and_counts_per_reason(tmp_path):
+    source = write_jsonl(tmp_path / "chat.jsonl", invalid_rows())
+    data, reports, _ = build({"datasets": [{"id": str(source), "on_invalid": "drop"}]}, stage="sft")
+    assert len(data["train"]) == 6
+    assert reports[(str(source), "train")].invalid == {
+        "consecutive user turns": 1, "empty answer": 2, "last turn not assistant": 1,
+    }  # fmt: skip
+
+
+def test_exact_duplicates_are_counted_per_source_first_occurrence_wins(tmp_path):
+    a = write_jsonl(
+        tmp_path / "a.jsonl", [{"text": "The cat sat."}, {"text": "the  CAT sat. "}, {"text": "A dog."}]
+    )
+    b = write_jsonl(tmp_path / "b.jsonl", [{"text": "A  dog."}, {"text": "A bird."}])
+    data, reports, _ = build({"datasets": [{"id": str(a)}, {"id": str(b)}]})
+    assert texts(data["train"]) == ["The cat sat.", "A dog.", "A bird."]
+    assert reports[(str(a), "train")].duplicates == 1
+    assert reports[(str(b), "train")].duplicates == 1
+
+
+def test_dedup_none_on_one_source_keeps_its_duplicates(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", [{"text": "same"}, {"text": "same"}])
+    data, reports, _ = build({"datasets": [{"id": str(a), "dedup": "none"}]})
+    assert texts(data["train"]) == ["same", "same"]
+    assert reports[(str(a), "train")].duplicates == 0
+
+
+LONG_QUESTION = "in which year did the first person walk on the surface of the moon and who was it exactly"
+
+
+def test_training_rows_sharing_13_words_with_an_eval_prompt_are_dropped_and_counted(tmp_path):
+    write_jsonl(tmp_path / "d" / "train.jsonl", [
+        {"messages": [{"role": "user", "content": "Quiz: " + LONG_QUESTION + "?"}, {"role": "assistant", "content": "1969"}]},
+        {"messages": conversation(1)},
+    ])  # fmt: skip
+    write_jsonl(tmp_path / "d" / "test.jsonl", [
+        {"messages": [{"role": "user", "content": LONG_QUESTION.capitalize() + "?"}, {"role": "assistant", "content": "x"}]},
+    ])  # fmt: skip
+    data, reports, _ = build({"datasets": [{"id": str(tmp_path / "d")}], "test_split": "test"}, stage="sft")
+    assert len(data["train"]) == 1 and len(data["test"]) == 1
+    assert reports[(str(tmp_path / "d"), "train")].decontaminated == 1
+
+
+def test_decontaminate_files_of_eval_prompts_are_checked_too(tmp_path):
+    source = write_jsonl(
+        tmp_path / "a.jsonl", [{"text": "Notes: " + LONG_QUESTION}, {"text": "unrelated text"}]
+    )
+    prompts = write_jsonl(tmp_path / "eval.jsonl", [{"prompt": LONG_QUESTION}])
+    data, reports, _ = build({"datasets": [{"id": str(source)}], "decontaminate": [str(prompts)]})
+    assert texts(data["train"]) == ["unrelated text"]
+    assert reports[(str(source), "train")].decontaminated == 1
+    data, reports, _ = build(
+        {"datasets": [{"id": str(source)}], "decontaminate": [str(prompts)], "decontaminate_ngram": 30}
+    )
+    assert len(data["train"]) == 2  # the question has fewer than 30 words: nothing to match
+
+
+def test_column_mapping_renames_a_file_column_for_its_reader(tmp_path):
+    source = write_jsonl(tmp_path / "a.jsonl", [{"dialog": conversation(1), "id": 1}])
+    out = load_mixture(
+        MixtureConfig.from_dict({"datasets": [{"id": str(source), "columns": {"messages": "dialog"}}]}), "sft"
+    )
+    assert [m["content"] for m in out["train"][0]["messages"]] == ["What is 1 + 1?", "2"]
+
+
+def test_sources_with_and_without_tool_calls_mix_and_read_back_exactly(tmp_path):
+    call = {"type": "function", "function": {"name": "weather", "arguments": '{"city": "Oslo"}'}}
+    with_tools = [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": '{"temp": 3}'},
+        {"role": "assistant", "content": "3 degrees."},
+    ]
+    plain = write_jsonl(tmp_path / "plain.jsonl", [{"messages": conversation(i)} for i in range(3)])
+    tools = write_jsonl(tmp_path / "tools.jsonl", [{"messages": with_tools, "tools": [{"name": "weather"}]}])
+    out = load_mixture(MixtureConfig.from_dict({"datasets": [{"id": str(plain)}, {"id": str(tools)}]}), "sft")
+    rows = out["train"].to_list()
+    assert [r["messages"] for r in rows] == [conversation(i) for i in range(3)] + [with_tools]
+    assert "tool_calls" not in rows[0]["messages"][1]  # no `tool_calls: None` for templates to trip on
+    assert json.loads(rows[3]["tools"]) == [{"name": "weather"}]
+
+
+def test_llama_factory_description_maps_columns_and_roles(tmp_path):
+    rows = [
+        {
+            "dialog": [
+                {"speaker": "customer", "text": "My order is late."},
+                {"speaker": "agent", "text": "Sorry!"},
+            ]
+        }
+    ]
+    source = write_jsonl(tmp_path / "support.jsonl", rows)
+    raw = {"datasets": [{
+        "id": str(source), "columns": {"messages": "dialog"},
+        "tags": {"role_tag": "speaker", "content_tag": "text", "user_tag": "customer", "assistant_tag": "agent"},
+    }]}  # fmt: skip
+    out = load_mixture(MixtureConfig.from_dict(raw), "sft")
+    assert out["train"][0]["messages"] == [
+        {"role": "user", "content": "My order is late."}, {"role": "assistant", "content": "Sorry!"},
+    ]  # fmt: skip
+
+
+def test_eval_prompts_shorter_than_n_words_are_matched_as_whole_prompts(tmp_path):
+    rows = [
+        chat_row("reverse abcd", "dcba"),
+        chat_row("Reverse  ABCD", "d-c-b-a"),
+        chat_row("reverse abcde", "edcba"),
+    ]
+    source = write_jsonl(tmp_path / "a.jsonl", rows)
+    prompts = write_jsonl(
+        tmp_path / "eval.jsonl", [{"prompt": [{"role": "user", "content": "reverse abcd"}]}]
+    )
+    data, reports, notes = build(
+        {"datasets": [{"id": str(source)}], "decontaminate": [str(prompts)]}, stage="sft"
+    )
+    assert [r["messages"][0]["content"] for r in data["train"]] == ["reverse abcde"]
+    assert reports[(str(source), "train")].decontaminated == 2
+    assert notes == ["decontamination: 1 of 1 eval prompts are shorter than 13 words: matched only against "
+                     "training prompts equal to them"]  # fmt: skip
+
+
+def chat_row(question: str, answer: str) -> dict:
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+
+
+def test_columns_no_reader_uses_are_listed_in_the_report(tmp_path):
+    rows = [{"id": "a1", "prompt": "Name a prime.", "chosen": "7", "rejected": "9", "score_chosen": 9.0}]
+    source = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    _, reports, _ = build({"datasets": [{"id": str(source)}]}, stage="dpo")
+    assert reports[(str(source), "train")].unused_columns == ["id", "score_chosen"]

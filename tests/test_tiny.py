@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from alignment.chat_templates import CHATML
-from alignment.tiny.build import WORD_TOKENS, build_tokenizer
+from alignment.tiny.build import WORD_TOKENS, build_tokenizer, to_sharegpt
 from alignment.tiny.task import SKILLS, TinyTaskConfig, generate_task, solve
 
 
@@ -176,9 +176,13 @@ def test_build_tiny_writes_the_model_and_every_split(tiny_data):
     # build.json records the task config, so the data can be regenerated and checked row for row.
     config = TinyTaskConfig(**json.loads((root / "build.json").read_text())["task"])
     splits = generate_task(config)
+    for split in ("train", "test"):  # three quarters as OpenAI messages, every fourth row as ShareGPT
+        rows = splits[f"sft_{split}"]
+        assert read_jsonl(root / "sft" / f"{split}.jsonl") == [r for i, r in enumerate(rows) if i % 4 != 3]
+        sharegpt = read_jsonl(root / "sft_sharegpt" / f"{split}.jsonl")
+        assert sharegpt == [to_sharegpt(r) for i, r in enumerate(rows) if i % 4 == 3]
+    assert sharegpt[0]["conversations"][0]["from"] == "human"
     files = {
-        "sft/train.jsonl": "sft_train",
-        "sft/test.jsonl": "sft_test",
         "dpo/train.jsonl": "dpo_train",
         "dpo/test.jsonl": "dpo_test",
         "eval.jsonl": "eval",

@@ -40,6 +40,17 @@ def test_sft_loss_decreases_and_outputs_are_complete(sft_model):
     }
 
 
+def test_data_report_train_samples_and_card_agree_on_the_rows_trained(sft_model):
+    report = json.loads((sft_model / "data_report.json").read_text())
+    train_samples = json.loads((sft_model / "train_results.json").read_text())["train_samples"]
+    assert train_samples == report["splits"]["train"]["rows_trained"]
+    assert train_samples == sum(s["rows_trained"] for s in report["sources"] if s["role"] == "train")
+    assert {s["format"] for s in report["sources"]} == {"messages", "sharegpt"}
+    card = ModelCard.load(sft_model / "README.md").text
+    assert "| `data/tiny/sft_sharegpt` | train | sharegpt |" in card
+    assert f"train: {train_samples} of" in card
+
+
 def test_saved_model_reloads_and_stops_at_end_of_turn(sft_model, tiny_data):
     model, tokenizer = load_for_eval(sft_model)
     assert tokenizer.eos_token == "<|im_end|>"

@@ -18,12 +18,12 @@ from alignment.recipe import STAGES, Recipe
 from alignment.target import LaunchTarget
 
 
-def infer_stage(path: str) -> str:
+def infer_stage(path: str, stages: tuple[str, ...] = STAGES) -> str:
     """The stage a recipe is for, from its folder (`recipes/<model>/<stage>/...`)."""
     for part in reversed(Path(path).parts[:-1]):
-        if part in STAGES:
+        if part in stages:
             return part
-    raise RecipeError(f"{path}: cannot tell the stage from the path; pass --stage ({', '.join(STAGES)})")
+    raise RecipeError(f"{path}: cannot tell the stage from the path; pass --stage ({', '.join(stages)})")
 
 
 def resolved_values(recipe: Recipe) -> dict[str, Any]:

@@ -4,6 +4,7 @@
     alignment dpo RECIPE [--num_processes N] [--accelerate_config FILE] [--key value ...]
     alignment check RECIPE [--stage S] [--num_processes N] [--accelerate_config FILE] [--key value ...]
     alignment check FOLDER                       # every recipe under it, one line each
+    alignment data RECIPE [--stage S] --output_dir DIR [--key value ...]   # the rows it would train on
     alignment tiny build [DIR]
     alignment demo
 
@@ -17,7 +18,7 @@ import argparse
 import sys
 
 from alignment.errors import RecipeError
-from alignment.recipe import STAGES, exit_on_recipe_error
+from alignment.recipe import DATA_STAGES, STAGES, exit_on_recipe_error
 
 LAUNCH_HELP = {
     "num_processes": "Processes to launch (GPUs; on a CPU machine, DDP over gloo). Overrides the config file's.",
@@ -73,6 +74,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_launch_options(check)
     check.add_argument("--stage", choices=STAGES, help="The stage, if the recipe's folder does not say it.")
+    data = sub.add_parser(
+        "data",
+        help="Build a recipe's data without training: canonical rows, data_report.json, examples.",
+        description="Read, convert, validate and curate the recipe's mixture; write DIR/train.jsonl "
+        "(and test.jsonl) and DIR/data_report.json; print the report and three examples rendered with the "
+        "chat template, the trained-on text marked. Other --key value pairs override recipe keys.",
+        allow_abbrev=False,
+    )
+    data.add_argument("recipe", help="Recipe YAML.")
+    data.add_argument(
+        "--stage",
+        choices=DATA_STAGES,
+        help="The stage whose rows to build, if the recipe's folder does not say it.",
+    )
+    data.add_argument(
+        "--output_dir", required=True, metavar="DIR", help="Where to write the rows and report."
+    )
     tiny = sub.add_parser("tiny", help="The embedded tiny model and task.", allow_abbrev=False)
     tiny_sub = tiny.add_subparsers(dest="tiny_command", metavar="ACTION", parser_class=_Parser, required=True)
     build = tiny_sub.add_parser(
@@ -131,12 +149,18 @@ def main(argv: list[str] | None = None) -> None:
         parser.print_help()
         return
     options, overrides = parser.parse_known_args(argv)
-    if options.command not in (*STAGES, "check") and overrides:
+    if options.command not in (*STAGES, "check", "data") and overrides:
         raise RecipeError(f"alignment {options.command}: unrecognized arguments: {' '.join(overrides)}")
     if options.command in STAGES:
         raise SystemExit(run_training(options, overrides))
     if options.command == "check":
         run_check(options, overrides)
+    elif options.command == "data":
+        from alignment.check import infer_stage
+        from alignment.data.preview import run_data_command
+
+        stage = options.stage or infer_stage(options.recipe, DATA_STAGES)
+        run_data_command(stage, [options.recipe, *overrides], options.output_dir)
     elif options.command == "tiny":
         from alignment.tiny.build import DEFAULT_DIR, build_tiny
 

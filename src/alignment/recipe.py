@@ -65,8 +65,9 @@ class RecipeArguments:
     dataset_mixture: dict | str | None = field(
         default=None,
         metadata={
-            "help": "Sources to mix: {datasets: [{id, config, split, columns, weight}], seed, test_split, "
-            "test_split_size}. On the command line, pass it as JSON."
+            "help": "Sources to mix: {datasets: [{id, config, split, columns, weight | samples, format, tags, "
+            "on_invalid, dedup}], seed, test_split | test_split_size, dedup, decontaminate, decontaminate_ngram}. "
+            "On the command line, pass it as JSON."
         },
     )
     chat_template: str | None = field(
@@ -79,6 +80,14 @@ class RecipeArguments:
     tokenizer_name_or_path: str | None = field(
         default=None, metadata={"help": "Tokenizer to load, if not the model's own."}
     )
+    truncation: str = field(
+        default="truncate",
+        metadata={
+            "help": "What to do with a row longer than `max_length`: `truncate` (TRL's behaviour: the answer is "
+            "cut and loses its end-of-turn; counted in the data report) or `drop` (dropped and counted).",
+            "choices": ["truncate", "drop"],
+        },
+    )
     license: str | None = field(
         default=None,
         metadata={
@@ -89,18 +98,25 @@ class RecipeArguments:
 
 def stage_config_class(stage: str) -> type:
     """TRL's config dataclass for a stage. Imported lazily: TRL takes seconds to import."""
-    if stage == "sft":
-        from trl import SFTConfig
+    import trl
 
-        return SFTConfig
-    if stage == "dpo":
-        from trl import DPOConfig
-
-        return DPOConfig
-    raise RecipeError(f"unknown stage {stage!r}; known stages: sft, dpo")
+    if stage not in STAGE_CONFIGS:
+        raise RecipeError(f"unknown stage {stage!r}; known stages: {', '.join(STAGE_CONFIGS)}")
+    return getattr(trl, STAGE_CONFIGS[stage])
 
 
-STAGES = ("sft", "dpo")
+STAGES = ("sft", "dpo")  # stages with a training script
+# Every stage whose data shape the data layer knows (`alignment data --stage`). Those without a script
+# yet borrow the TRL config whose data keys (max_length, packing, dataset_num_proc) they will use.
+STAGE_CONFIGS = {
+    "sft": "SFTConfig",
+    "dpo": "DPOConfig",
+    "rm": "RewardConfig",
+    "kto": "KTOConfig",
+    "cpt": "SFTConfig",
+    "classify": "SFTConfig",
+}
+DATA_STAGES = tuple(STAGE_CONFIGS)
 
 # Loss types DPOTrainer accepts in trl 1.16 (its `loss_type` field is a free list of strings).
 DPO_LOSS_TYPES = (

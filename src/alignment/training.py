@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from huggingface_hub import ModelCardData
 
     from alignment.data.mixture import MixtureConfig
+    from alignment.data.report import DataReport
     from alignment.recipe import Recipe
 
 logger = logging.getLogger(__name__)
@@ -72,11 +73,13 @@ def resume_checkpoint(training: Any) -> str | None:
     return last
 
 
-def finish_training(trainer: Any, recipe: Recipe, train_result: Any, datasets: Any) -> dict[str, float]:
+def finish_training(
+    trainer: Any, recipe: Recipe, train_result: Any, datasets: Any, data_report: DataReport | None = None
+) -> dict[str, float]:
     """Write metrics; save model, tokenizer, generation config and our card; push if asked; end the trackers."""
     output_dir = Path(trainer.args.output_dir)
     metrics = dict(train_result.metrics)
-    metrics["train_samples"] = len(datasets["train"])
+    metrics["train_samples"] = len(datasets["train"])  # rows actually trained: after every counted drop
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     trainer.save_state()
@@ -91,7 +94,7 @@ def finish_training(trainer: Any, recipe: Recipe, train_result: Any, datasets: A
     if trainer.is_world_process_zero():
         # A PEFT save writes only the adapter: the generation config (EOS = end of turn) goes beside it.
         trainer.accelerator.unwrap_model(trainer.model).generation_config.save_pretrained(output_dir)
-    use_our_model_card(trainer, recipe, metrics)
+    use_our_model_card(trainer, recipe, metrics, data_report)
     if trainer.args.push_to_hub:
         # Saves the model once, writes our card, runs the callbacks' on_push_begin (a tracker syncs its
         # dashboard), uploads all but checkpoint-* to `hub_model_id` at `hub_revision`.
@@ -109,7 +112,9 @@ def finish_training(trainer: Any, recipe: Recipe, train_result: Any, datasets: A
     return metrics
 
 
-def use_our_model_card(trainer: Any, recipe: Recipe, metrics: dict[str, float]) -> None:
+def use_our_model_card(
+    trainer: Any, recipe: Recipe, metrics: dict[str, float], data_report: DataReport | None = None
+) -> None:
     """Make `trainer.create_model_card` write our card: TRL's `push_to_hub` calls it after saving the model."""
 
     def create_model_card(
@@ -117,13 +122,17 @@ def use_our_model_card(trainer: Any, recipe: Recipe, metrics: dict[str, float]) 
     ) -> None:
         # push_to_hub passes the model's tags (TRL's stage tags, a tracker's dashboard link) as `tags`.
         if trainer.is_world_process_zero():
-            write_model_card(Path(trainer.args.output_dir), recipe, metrics, extra_tags=tags)
+            write_model_card(Path(trainer.args.output_dir), recipe, metrics, tags, data_report)
 
     trainer.create_model_card = create_model_card
 
 
 def write_model_card(
-    output_dir: Path, recipe: Recipe, metrics: dict[str, float], extra_tags: list[str] | None = None
+    output_dir: Path,
+    recipe: Recipe,
+    metrics: dict[str, float],
+    extra_tags: list[str] | None = None,
+    data_report: DataReport | None = None,
 ) -> Path:
     """README.md with the recipe as run, its data sources and its metrics, and Hub metadata in front."""
     import peft
@@ -150,7 +159,8 @@ def write_model_card(
         template_str=CARD_TEMPLATE,
         title=Path(output_dir).name,
         summary=f"{summary}, with the `alignment` recipes.",
-        data_lines=describe_mixture(recipe.mixture),
+        data_lines=describe_mixture(recipe.mixture)
+        + (["", *data_report.card_lines()] if data_report else []),
         metrics=[(k, f"{v:.4g}" if isinstance(v, float) else v) for k, v in sorted(metrics.items())],
         recipe_path=recipe.path,
         overrides=" ".join(recipe.cli_overrides) or "none",
@@ -219,10 +229,10 @@ def read_adapter_config(output_dir: Path) -> dict | None:
 
 
 def describe_mixture(mixture: MixtureConfig) -> list[str]:
-    lines = [
-        f"- `{s.id}`" + (f" ({s.config})" if s.config else "") + f", split `{s.split}`, weight {s.weight}"
-        for s in mixture.datasets
-    ]
+    lines = []
+    for s in mixture.datasets:
+        share = f", {s.samples} samples" if s.samples else f", weight {s.weight}" if s.weight else ""
+        lines.append(f"- `{s.id}`" + (f" ({s.config})" if s.config else "") + f", split `{s.split}`{share}")
     if mixture.test_split:
         lines.append(f"- evaluation: split `{mixture.test_split}` of each source")
     elif mixture.test_split_size:

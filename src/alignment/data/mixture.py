@@ -1,19 +1,24 @@
-"""Dataset mixtures: which sources, how much of each, and which rows are kept apart for evaluation.
+"""Dataset mixtures: read each source, convert it to its stage's rows, check, curate, weigh, mix.
 
-TRL's `DatasetMixtureConfig`/`get_dataset` cover loading and concatenating Hub datasets; what they
-lack and this module adds: local files and saved folders as sources, a per-source fraction taken
-after a seeded shuffle (TRL keeps the first rows), eval sets from each source's own test split
-rather than a re-split of the merged training rows, and a log line per source of rows kept.
+TRL's `DatasetMixtureConfig`/`get_dataset` load and concatenate Hub datasets with a share of each.
+What they lack and this module adds: local files, globs and saved folders as sources; a format reader
+per source (data/formats.py) so that ShareGPT, Alpaca, HH-RLHF, ... become the stage's canonical rows;
+row validation before any model loads; exact or MinHash deduplication and n-gram decontamination
+against the eval sets; a per-source weight taken after a seeded shuffle (TRL keeps the first rows) or
+an exact `samples` count; eval sets from each source's own test split; and a count of every row on
+the way (data/report.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from alignment.data.report import SourceReport
+from alignment.data.sources import DatasetSource, is_local, read_source
 from alignment.errors import RecipeError, closest
 
 if TYPE_CHECKING:
@@ -21,20 +26,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
+__all__ = ["DatasetSource", "MixtureConfig", "build_mixture", "is_local", "load_mixture"]
 
-
-@dataclass
-class DatasetSource:
-    """One source of a mixture: a Hub id, a local data file (json/jsonl/parquet/csv) or a local folder."""
-
-    id: str
-    config: str | None = None
-    split: str = "train"
-    columns: list[str] | None = None
-    weight: float = 1.0  # fraction of this source's rows, taken after a seeded shuffle
-    data_files: str | list[str] | dict[str, str] | None = None  # for a builder id such as `json`
-    data_dir: str | None = None
+DEDUP_MODES = ("exact", "minhash", "none")
+ON_INVALID = ("error", "drop")
+SOURCE_COLUMN = "_source"  # which source a mixed row came from, for per-source length counts
 
 
 @dataclass
@@ -45,6 +41,11 @@ class MixtureConfig:
     seed: int = 0
     test_split: str | None = None  # each source's split of this name becomes the eval set
     test_split_size: float | int | None = None  # or carve the eval set out of the mixed training rows
+    dedup: str = "exact"  # exact | minhash | none, for every source that does not set its own
+    decontaminate: list[str] = field(
+        default_factory=list
+    )  # JSONL files of eval prompts, beside the test split
+    decontaminate_ngram: int = 13  # GPT-3's and open-instruct's n
 
     @classmethod
     def from_dict(cls, raw: Any, origin: str = "recipe") -> MixtureConfig:
@@ -55,23 +56,10 @@ class MixtureConfig:
         sources = raw.get("datasets")
         if not isinstance(sources, list) or not sources:
             raise RecipeError(f"{origin}: `dataset_mixture.datasets` must be a non-empty list of sources")
-        parsed = []
-        for i, source in enumerate(sources):
-            where = f"dataset_mixture.datasets[{i}]"
-            if not isinstance(source, dict) or not source.get("id"):
-                raise RecipeError(f"{origin}: `{where}` needs an `id` (Hub id or local path)")
-            _reject_unknown(source, DatasetSource, origin, where)
-            weight = source.get("weight", 1.0)
-            if not isinstance(weight, int | float) or isinstance(weight, bool) or not 0 < weight <= 1:
-                raise RecipeError(
-                    f"{origin}: `{where}.weight` is {weight!r}; it must be a fraction in (0, 1]"
-                )
-            columns = source.get("columns")
-            if columns is not None and (
-                not isinstance(columns, list) or not all(isinstance(c, str) for c in columns)
-            ):
-                raise RecipeError(f"{origin}: `{where}.columns` must be a list of column names")
-            parsed.append(DatasetSource(**{**source, "id": str(source["id"]), "weight": float(weight)}))
+        parsed = [
+            _parse_source(source, origin, f"dataset_mixture.datasets[{i}]")
+            for i, source in enumerate(sources)
+        ]
         size = raw.get("test_split_size")
         if size is not None:
             if isinstance(size, bool) or not isinstance(size, int | float) or size <= 0:
@@ -89,10 +77,85 @@ class MixtureConfig:
         seed = raw.get("seed", 0)
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise RecipeError(f"{origin}: `dataset_mixture.seed` must be an integer")
-        return cls(datasets=parsed, seed=seed, test_split=raw.get("test_split"), test_split_size=size)
+        dedup = raw.get("dedup", "exact")
+        _require(dedup, DEDUP_MODES, origin, "dataset_mixture.dedup")
+        decontaminate = raw.get("decontaminate") or []
+        if isinstance(decontaminate, str):
+            decontaminate = [decontaminate]
+        if not isinstance(decontaminate, list) or not all(isinstance(p, str) for p in decontaminate):
+            raise RecipeError(f"{origin}: `dataset_mixture.decontaminate` must be a list of JSONL file paths")
+        ngram = raw.get("decontaminate_ngram", 13)
+        if isinstance(ngram, bool) or not isinstance(ngram, int) or ngram < 1:
+            raise RecipeError(
+                f"{origin}: `dataset_mixture.decontaminate_ngram` is {ngram!r}; it must be a positive integer"
+            )
+        return cls(
+            datasets=parsed,
+            seed=seed,
+            test_split=raw.get("test_split"),
+            test_split_size=size,
+            dedup=dedup,
+            decontaminate=decontaminate,
+            decontaminate_ngram=ngram,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _parse_source(source: Any, origin: str, where: str) -> DatasetSource:
+    if not isinstance(source, dict) or not source.get("id"):
+        raise RecipeError(f"{origin}: `{where}` needs an `id` (Hub id, local file, glob or folder)")
+    _reject_unknown(source, DatasetSource, origin, where)
+    weight, samples = source.get("weight"), source.get("samples")
+    if weight is not None and samples is not None:
+        raise RecipeError(f"{origin}: `{where}` sets both `weight` and `samples`; choose one")
+    if weight is not None and (
+        isinstance(weight, bool) or not isinstance(weight, int | float) or weight <= 0
+    ):
+        raise RecipeError(
+            f"{origin}: `{where}.weight` is {weight!r}; it must be a number above 0 "
+            "(a fraction of the rows; above 1 repeats rows)"
+        )
+    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
+        raise RecipeError(f"{origin}: `{where}.samples` is {samples!r}; it must be a positive row count")
+    columns = source.get("columns")
+    if columns is not None:
+        as_list = isinstance(columns, list) and all(isinstance(c, str) for c in columns)
+        as_map = isinstance(columns, dict) and all(isinstance(v, str) for v in columns.values())
+        if not (as_list or as_map):
+            raise RecipeError(
+                f"{origin}: `{where}.columns` must be a list of column names or a mapping "
+                "{reader's name: file's column}, e.g. {messages: conversations}"
+            )
+    tags = source.get("tags")
+    if tags is not None:
+        from alignment.data.formats import RoleTags
+
+        try:
+            RoleTags.from_dict(tags, where)  # raises naming an unknown tag key
+        except RecipeError as err:
+            raise RecipeError(f"{origin}: {err}") from None
+    if source.get("format") is not None:
+        from alignment.data.formats import FORMATS
+
+        _require(source["format"], tuple(FORMATS), origin, f"{where}.format")
+    _require(source.get("on_invalid", "error"), ON_INVALID, origin, f"{where}.on_invalid")
+    if source.get("dedup") is not None:
+        _require(source["dedup"], DEDUP_MODES, origin, f"{where}.dedup")
+    if not isinstance(source.get("split", "train"), str):
+        raise RecipeError(f"{origin}: `{where}.split` must be a split name such as train or train[:10%]")
+    values = {**source, "id": str(source["id"])}
+    if weight is not None:
+        values["weight"] = float(weight)
+    return DatasetSource(**values)
+
+
+def _require(value: Any, choices: tuple[str, ...], origin: str, key: str) -> None:
+    if value not in choices:
+        raise RecipeError(
+            f"{origin}: `{key}` is {value!r}; choose one of {', '.join(choices)}{closest(str(value), choices)}"
+        )
 
 
 def _reject_unknown(raw: dict, cls: type, origin: str, where: str) -> None:
@@ -103,93 +166,293 @@ def _reject_unknown(raw: dict, cls: type, origin: str, where: str) -> None:
             raise RecipeError(f"{origin}: unknown key `{where}.{key}`{hint}")
 
 
-def is_local(source_id: str) -> bool:
-    """A Hub id is `name` or `org/name`; anything else that looks like a path is a local source."""
-    return (
-        Path(source_id).exists()
-        or source_id.startswith(("./", "../", "/", "~"))
-        or source_id.count("/") >= 2
-        or Path(source_id).suffix in FILE_BUILDERS
-    )
+# --- Building ------------------------------------------------------------------------------------------
 
 
 def load_source(source: DatasetSource, split: str) -> Dataset:
-    """Load one split of one source, keeping only its `columns` when it names them."""
-    rows = _read_split(source, split)
-    if source.columns is None:
+    """One split of one source with its `columns` applied: kept (a list) or renamed (a mapping)."""
+    rows = read_source(source, split)
+    if len(rows) == 0:
+        raise RecipeError(f"dataset {source.label} [{split}]: no rows")
+    columns = source.columns
+    if columns is None:
         return rows
-    missing = [c for c in source.columns if c not in rows.column_names]
+    wanted = list(columns.values()) if isinstance(columns, dict) else columns
+    missing = [c for c in wanted if c not in rows.column_names]
     if missing:
         raise RecipeError(
-            f"dataset {source.id}: no column {missing[0]!r} (has {', '.join(rows.column_names)})"
+            f"dataset {source.label}: no column {missing[0]!r} (has {', '.join(rows.column_names)})"
         )
-    return rows.select_columns(source.columns)
+    if isinstance(columns, list):
+        return rows.select_columns(columns)
+    renames = {file_name: ours for ours, file_name in columns.items() if file_name != ours}
+    clashes = [ours for ours in renames.values() if ours in rows.column_names and ours not in renames]
+    rows = rows.remove_columns(clashes)  # the mapping says which column plays this part; the other goes
+    return rows.rename_columns(renames)
 
 
-def _read_split(source: DatasetSource, split: str) -> Dataset:
-    """One split of one source, from a local file, a local folder or the Hub."""
+def _convert(
+    rows: Dataset, source: DatasetSource, split: str, stage: str, num_proc: int | None
+) -> tuple[Dataset, str]:
+    from alignment.data.formats import (
+        RoleTags,
+        canonical_features,
+        check_format,
+        convert_batch,
+        detect_format,
+    )
+
+    origin = f"dataset {source.label}"
+    if source.format is not None:
+        check_format(source.format, rows.column_names, stage, origin)
+        fmt = source.format
+    else:
+        fmt = detect_format(rows.column_names, rows[0], stage, origin)
+    tags = RoleTags.from_dict(source.tags, origin) if source.tags else None
+    # Messages are stored as JSON (datasets' `Json`): a message reads back with exactly its own keys
+    # (tool_calls only where a tool is called), and batches and sources with and without tool calls
+    # share one schema. classify labels keep the file's type (str or int).
+    features = (
+        None if stage == "classify" else canonical_features(stage, tool_calls=False, json_messages=True)
+    )
+    converted = rows.map(
+        convert_batch,
+        batched=True,
+        features=features,
+        fn_kwargs={"fmt": fmt, "stage": stage, "tags": tags},
+        remove_columns=rows.column_names,
+        num_proc=num_proc,
+        desc=f"Converting {source.label} [{split}] ({fmt})",
+    )
+    return converted, fmt
+
+
+def _drop_invalid(rows: Dataset, source: DatasetSource, split: str, report: SourceReport) -> Dataset:
+    """Count invalid rows per reason; stop on them (`on_invalid: error`) or drop them (`drop`)."""
+    reasons = rows.data.column("invalid").to_pylist()
+    bad = [i for i, reason in enumerate(reasons) if reason]
+    report.invalid = dict(Counter(reasons[i] for i in bad))
+    if bad and source.on_invalid == "error":
+        where = source.id if "[" not in split else f"{source.id}[{split}] row"
+        first = "; ".join(f"{where}:{i + 1}: {reasons[i]}" for i in bad[:3])
+        raise RecipeError(
+            f"dataset {source.label} [{split}]: {len(bad)} invalid row(s) of {len(rows)}: {first}"
+            f"{' ...' if len(bad) > 3 else ''} (fix them, or set `on_invalid: drop` on this source to drop and count them)"
+        )
+    if bad:
+        rows = rows.select(sorted(set(range(len(rows))) - set(bad)))
+    return rows.remove_columns("invalid")
+
+
+def _curate(rows: Dataset, stage: str, mode: str, seen: Any, num_proc: int | None) -> tuple[Dataset, int]:
+    """Drop duplicates (against every earlier source of the split too); return the rows and the count."""
+    from alignment.data.curation import ExactDeduplicator, NearDeduplicator, dedup_keys, row_text, rows_of
+
+    if mode == "none" or len(rows) == 0:
+        return rows, 0
+    if mode == "exact":
+        keys = rows.map(dedup_keys, batched=True, fn_kwargs={"stage": stage}, num_proc=num_proc,
+                        desc="Hashing rows for deduplication")  # fmt: skip
+        keep = seen.setdefault("exact", ExactDeduplicator()).keep_mask(
+            keys.data.column("_dedup_key").to_pylist()
+        )
+    else:  # MinHash-LSH is sequential: each row is checked against the rows kept before it
+        index = seen.setdefault("minhash", NearDeduplicator())
+        keep = []
+        for start in range(0, len(rows), 10_000):
+            batch = rows[start : start + 10_000]
+            keep += index.keep_mask([row_text(row, stage) for row in rows_of(batch)])
+    dropped = len(keep) - sum(keep)
+    if dropped:
+        rows = rows.select([i for i, k in enumerate(keep) if k])
+    return rows, dropped
+
+
+def _contamination_batch(batch: dict[str, list], *, stage: str, ngrams: Any, eval_keys: set[str]) -> dict:
+    """Batched: a training row is contaminated when it shares an n-gram with an eval prompt or equals an eval row."""
+    from alignment.data.curation import dedup_key, eval_texts, row_text, rows_of
+
+    rows = rows_of(batch)
+    texts = [row_text(row, stage) for row in rows]
+    hit = (
+        ngrams.contaminated_mask(texts, eval_texts(rows, stage))
+        if ngrams is not None
+        else [False] * len(texts)
+    )
+    if eval_keys:
+        hit = [h or dedup_key(text) in eval_keys for h, text in zip(hit, texts, strict=True)]
+    return {"_contaminated": hit}
+
+
+def _decontaminate(
+    rows: Dataset, stage: str, ngrams: Any, eval_keys: set[str], num_proc: int | None
+) -> tuple[Dataset, int]:
+    if (ngrams is None and not eval_keys) or len(rows) == 0:
+        return rows, 0
+    marked = rows.map(
+        _contamination_batch,
+        batched=True,
+        fn_kwargs={"stage": stage, "ngrams": ngrams, "eval_keys": eval_keys},
+        num_proc=num_proc,
+        desc="Decontaminating against the eval prompts",
+    )
+    hit = marked.data.column("_contaminated").to_pylist()
+    dropped = sum(hit)
+    if dropped:
+        rows = rows.select([i for i, h in enumerate(hit) if not h])
+    return rows, dropped
+
+
+def _weigh(rows: Dataset, source: DatasetSource, seed: int, report: SourceReport) -> Dataset:
+    """Apply `weight` or `samples`: a seeded subsample, or whole copies plus a seeded remainder."""
+    total = len(rows)
+    if source.samples is not None:
+        wanted = source.samples
+    elif source.weight is not None:
+        wanted = round(total * source.weight)
+    else:
+        return rows
+    if total == 0 or wanted == total:
+        return rows
     import datasets
 
-    path = Path(source.id).expanduser()
-    if is_local(source.id) and not path.exists():
-        raise RecipeError(f"dataset not found: {source.id} (a local path; build it or fix `id`)")
-    if path.is_file():
-        builder = FILE_BUILDERS.get(path.suffix)
-        if builder is None:
+    if wanted < total:
+        report.subsampled = total - wanted
+        return rows.shuffle(seed=seed).select(range(wanted))
+    copies, remainder = divmod(wanted, total)
+    parts = [rows] * copies
+    if remainder:
+        parts.append(rows.shuffle(seed=seed).select(range(remainder)))
+    report.repeated = wanted - total
+    return datasets.concatenate_datasets(parts)
+
+
+def _concatenate(parts: list[Dataset], sources: list[DatasetSource], split: str) -> Dataset:
+    """One dataset from the sources' canonical rows (only classify labels can differ: str in one, int in another)."""
+    import datasets
+
+    first = parts[0].features
+    for part, source in zip(parts[1:], sources[1:], strict=True):
+        if part.features != first:
             raise RecipeError(
-                f"dataset file {source.id}: unsupported type; use one of {', '.join(FILE_BUILDERS)}"
+                f"dataset {source.label} [{split}]: its rows do not mix with {sources[0].label}'s "
+                f"({part.features} vs {first}); e.g. labels are strings in one and integers in the other"
             )
-        if split != "train":
-            raise RecipeError(f"dataset file {source.id} has only a `train` split, not {split!r}")
-        return datasets.load_dataset(builder, data_files=str(path), split="train")
-    if path.is_dir() and (path / "dataset_dict.json").exists():
-        saved = datasets.load_from_disk(str(path))
-        if split not in saved:
-            raise RecipeError(f"dataset {source.id} has no split {split!r} (has {', '.join(saved)})")
-        return saved[split]
-    if path.is_dir() and (path / "state.json").exists():
-        if split != "train":
-            raise RecipeError(f"dataset {source.id} is a single saved split; it has no split {split!r}")
-        return datasets.load_from_disk(str(path))
-    try:
-        return datasets.load_dataset(
-            source.id, name=source.config, split=split, data_files=source.data_files, data_dir=source.data_dir
-        )
-    except ValueError as err:
-        if "split" in str(err).lower():
-            raise RecipeError(f"dataset {source.id} has no split {split!r} ({err})") from None
-        raise
+    return datasets.concatenate_datasets(parts)
 
 
-def load_mixture(mixture: MixtureConfig) -> DatasetDict:
-    """Load, subsample and concatenate the sources; return `train` (and `test` when an eval set is asked for)."""
+def build_mixture(
+    mixture: MixtureConfig, stage: str, num_proc: int | None = None
+) -> tuple[DatasetDict, list[SourceReport], list[str]]:
+    """The canonical rows of `train` (and `test`), with a `_source` column, the per-source report and notes.
+
+    Order per source: read -> convert -> validate -> deduplicate -> decontaminate (train only, against
+    the eval rows and `decontaminate` files) -> weight/samples (train only). Eval rows are read first so
+    training rows can be checked against them; they are never subsampled.
+    """
     import datasets
 
-    train_parts, test_parts = [], []
-    for source in mixture.datasets:
-        rows = load_source(source, source.split)
-        total = len(rows)
-        if source.weight < 1:
-            rows = rows.shuffle(seed=mixture.seed).select(range(round(total * source.weight)))
+    reports: list[SourceReport] = []
+    notes: list[str] = []
+    test_parts: list[Dataset] = []
+    test_seen: dict[str, Any] = {}
+    if mixture.test_split:
+        for index, source in enumerate(mixture.datasets):
+            rows, report = _prepare_source(
+                source, mixture.test_split, stage, num_proc, test_seen, mixture, "test"
+            )
+            test_parts.append(rows.add_column(SOURCE_COLUMN, [index] * len(rows)))
+            reports.append(report)
+    ngrams = _eval_ngrams(mixture, test_parts, stage, notes)
+    eval_keys = _eval_keys(test_parts, stage, num_proc)
+
+    train_parts: list[Dataset] = []
+    train_seen: dict[str, Any] = {}
+    for index, source in enumerate(mixture.datasets):
+        rows, report = _prepare_source(source, source.split, stage, num_proc, train_seen, mixture, "train")
+        rows, report.decontaminated = _decontaminate(rows, stage, ngrams, eval_keys, num_proc)
+        rows = _weigh(rows, source, mixture.seed, report)
+        report.rows_kept = len(rows)
         logger.info(
-            f"dataset {source.id} [{source.split}]: kept {len(rows)} of {total} rows (weight {source.weight})"
+            f"dataset {source.label} [{source.split}] ({report.format}): kept {report.rows_kept} of "
+            f"{report.rows_read} rows (invalid {sum(report.invalid.values())}, duplicates {report.duplicates}, "
+            f"decontaminated {report.decontaminated}, repeated {report.repeated}, subsampled {report.subsampled})"
         )
-        train_parts.append(rows)
-        if mixture.test_split:
-            test = load_source(source, mixture.test_split)
-            logger.info(f"dataset {source.id} [{mixture.test_split}]: {len(test)} eval rows")
-            test_parts.append(test)
-    try:
-        train = datasets.concatenate_datasets(train_parts)
-    except ValueError as err:
-        raise RecipeError(f"dataset_mixture: sources have different columns or types ({err})") from None
+        train_parts.append(rows.add_column(SOURCE_COLUMN, [index] * len(rows)))
+        reports.append(report)
+
+    train = _concatenate(train_parts, mixture.datasets, "train")
     if mixture.test_split_size is not None:
         split = train.train_test_split(test_size=mixture.test_split_size, seed=mixture.seed)
         logger.info(
             f"mixture: {len(split['train'])} train rows, {len(split['test'])} eval rows (test_split_size)"
         )
-        return split
+        notes.append(
+            f"eval set: {len(split['test'])} rows carved out of the mixed training rows (test_split_size "
+            f"{mixture.test_split_size}, seed {mixture.seed})"
+        )
+        return split, reports, notes
     out = {"train": train}
     if test_parts:
-        out["test"] = datasets.concatenate_datasets(test_parts)
-    return datasets.DatasetDict(out)
+        out["test"] = _concatenate(test_parts, mixture.datasets, "test")
+    return datasets.DatasetDict(out), reports, notes
+
+
+def _prepare_source(
+    source: DatasetSource,
+    split: str,
+    stage: str,
+    num_proc: int | None,
+    seen: dict,
+    mixture: MixtureConfig,
+    role: str,
+) -> tuple[Dataset, SourceReport]:
+    rows = load_source(source, split)
+    report = SourceReport(id=source.label, split=split, format="", rows_read=len(rows), role=role)
+    from alignment.data.formats import READ_COLUMNS
+
+    columns = rows.column_names
+    rows, report.format = _convert(rows, source, split, stage, num_proc)
+    report.unused_columns = [c for c in columns if c not in READ_COLUMNS[report.format]]
+    rows = _drop_invalid(rows, source, split, report)
+    rows, report.duplicates = _curate(rows, stage, source.dedup or mixture.dedup, seen, num_proc)
+    report.rows_kept = len(rows)
+    return rows, report
+
+
+def _eval_keys(test_parts: list[Dataset], stage: str, num_proc: int | None) -> set[str]:
+    """Exact keys of the eval rows: a training row equal to one is contaminated, however short."""
+    from alignment.data.curation import dedup_keys
+
+    keys: set[str] = set()
+    for part in test_parts:
+        if len(part):
+            hashed = part.map(dedup_keys, batched=True, fn_kwargs={"stage": stage}, num_proc=num_proc)
+            keys.update(hashed.data.column("_dedup_key").to_pylist())
+    return keys
+
+
+def _eval_ngrams(mixture: MixtureConfig, test_parts: list[Dataset], stage: str, notes: list[str]) -> Any:
+    """N-grams of every eval prompt the recipe names: its test split and its `decontaminate` files."""
+    from alignment.data.curation import EvalNgrams, eval_texts, read_eval_prompts
+
+    texts: list[str] = []
+    for part in test_parts:
+        texts += eval_texts(part, stage)
+    for path in mixture.decontaminate:
+        texts += read_eval_prompts(path)
+    if not texts:
+        return None
+    ngrams = EvalNgrams.from_texts(texts, mixture.decontaminate_ngram)
+    if ngrams.too_short:
+        notes.append(
+            f"decontamination: {ngrams.too_short} of {len(texts)} eval prompts are shorter than "
+            f"{mixture.decontaminate_ngram} words: matched only against training prompts equal to them"
+        )
+    return ngrams
+
+
+def load_mixture(mixture: MixtureConfig, stage: str = "sft", num_proc: int | None = None) -> DatasetDict:
+    """The canonical rows of `train` (and `test`), without the report. For tests and notebooks."""
+    data, _, _ = build_mixture(mixture, stage, num_proc)
+    return data.remove_columns(SOURCE_COLUMN)

@@ -1,8 +1,9 @@
 """Build the embedded default: a character-level tokenizer trained here, a tiny Llama, and the task data.
 
 Everything is generated locally and deterministically (no Hub access): `alignment tiny build [DIR]`
-writes DIR/model (tokenizer + randomly initialised model), DIR/sft and DIR/dpo (train/test JSONL, so
-`datasets` sees both splits of a folder) and DIR/eval.jsonl (held-out prompts with their answers).
+writes DIR/model (tokenizer + randomly initialised model), DIR/sft (OpenAI messages), DIR/sft_sharegpt
+(a quarter of the conversations, as ShareGPT), DIR/dpo (train/test JSONL each) and DIR/eval.jsonl
+(held-out prompts with their answers).
 """
 
 from __future__ import annotations
@@ -95,6 +96,16 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps(row) + "\n")
 
 
+SHAREGPT_ROLES = {"system": "system", "user": "human", "assistant": "gpt"}
+
+
+def to_sharegpt(row: dict) -> dict:
+    """A conversation as FastChat writes ShareGPT: `conversations` of {from, value}."""
+    return {
+        "conversations": [{"from": SHAREGPT_ROLES[m["role"]], "value": m["content"]} for m in row["messages"]]
+    }
+
+
 def build_tiny(
     out_dir: str | Path = DEFAULT_DIR,
     task: TinyTaskConfig | None = None,
@@ -104,8 +115,15 @@ def build_tiny(
     out = Path(out_dir)
     task, model = task or TinyTaskConfig(), model or TinyModelConfig()
     splits = generate_task(task)
-    write_jsonl(out / "sft" / "train.jsonl", splits["sft_train"])
-    write_jsonl(out / "sft" / "test.jsonl", splits["sft_test"])
+    # Two SFT sources in two formats, as real mixtures are: OpenAI messages, and every fourth
+    # conversation as FastChat ShareGPT (from/value), which the data layer converts.
+    for split in ("train", "test"):
+        rows = splits[f"sft_{split}"]
+        write_jsonl(out / "sft" / f"{split}.jsonl", [r for i, r in enumerate(rows) if i % 4 != 3])
+        write_jsonl(
+            out / "sft_sharegpt" / f"{split}.jsonl",
+            [to_sharegpt(r) for i, r in enumerate(rows) if i % 4 == 3],
+        )
     write_jsonl(out / "dpo" / "train.jsonl", splits["dpo_train"])
     write_jsonl(out / "dpo" / "test.jsonl", splits["dpo_test"])
     write_jsonl(out / "eval.jsonl", splits["eval"])

@@ -1,0 +1,138 @@
+"""A recipe's data, ready for its trainer: the mixture, length accounting, and the report.
+
+TRL tokenises and truncates inside the trainer, where rows vanish uncounted: SFT drops rows left with
+no trained token, DPO drops rows whose prompt fills `max_length`, and both cut answers (with their
+end-of-turn) at `max_length`. Here the same lengths are measured first, with the recipe's tokenizer
+and chat template, so that every drop is counted per source, `truncation: drop` can drop cut answers
+instead, and `train_samples` is the number of rows actually trained. It all happens before the model
+is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from alignment.data.mixture import SOURCE_COLUMN, build_mixture
+from alignment.data.report import DataReport, SplitReport
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
+
+    from alignment.recipe import Recipe
+
+logger = logging.getLogger(__name__)
+
+LENGTH_COLUMNS = ("_prompt_tokens", "_total_tokens")
+
+
+def prepare_data(
+    recipe: Recipe, tokenizer: Any | None, stage: str | None = None, keep_all: bool = False
+) -> tuple[DatasetDict, DataReport]:
+    """Build the mixture, account for lengths (when a tokenizer is given), log and write the report.
+
+    Returns the rows each split will train/evaluate on, in the stage's canonical columns; with
+    `keep_all` (for `alignment data`), the rows before the length drops, which are only counted.
+    """
+    stage = stage or recipe.stage
+    training = recipe.training
+    num_proc = getattr(training, "dataset_num_proc", None)
+    with training.main_process_first(desc="data"):
+        data, sources, notes = build_mixture(recipe.mixture, stage, num_proc)
+        report = DataReport(
+            stage=stage,
+            max_length=getattr(training, "max_length", None),
+            truncation=recipe.args.truncation,
+            sources=sources,
+            notes=notes,
+        )
+        if tokenizer is not None:
+            packing = bool(getattr(training, "packing", False)) and getattr(
+                training, "packing_strategy", "bfd"
+            )
+            counted = account_lengths(data, report, tokenizer, stage, packing, num_proc)
+            data = data if keep_all else counted
+        else:
+            for name, rows in data.items():
+                report.splits[name] = SplitReport(rows=len(rows), rows_trained=len(rows))
+        data = data.remove_columns([c for c in (SOURCE_COLUMN,) if c in data["train"].column_names])
+    if training.process_index == 0:
+        for line in report.table().splitlines():
+            logger.info(line)
+        report.write(training.output_dir)
+    return data, report
+
+
+def account_lengths(
+    data: DatasetDict,
+    report: DataReport,
+    tokenizer: Any,
+    stage: str,
+    packing: str | bool = False,
+    num_proc: int | None = None,
+) -> DatasetDict:
+    """Measure every row's tokens; drop what TRL would drop (and cut answers, with `truncation: drop`); count it all.
+
+    `packing`: False, or the recipe's `packing_strategy` when it packs (bfd still cuts at `max_length`).
+    """
+    import datasets
+
+    from alignment.data.lengths import classify_lengths, length_percentiles, token_lengths
+
+    out = {}
+    for name, rows in data.items():
+        measured = rows.map(
+            token_lengths,
+            batched=True,
+            fn_kwargs={"stage": stage, "tokenizer": tokenizer},
+            num_proc=num_proc,
+            desc=f"Measuring token lengths ({name})",
+        )
+        prompts = measured.data.column("_prompt_tokens").to_pylist()
+        totals = measured.data.column("_total_tokens").to_pylist()
+        verdicts = classify_lengths(
+            prompts,
+            totals,
+            report.max_length,
+            stage,
+            packing=bool(packing),
+            packing_strategy=packing or "bfd",
+        )
+        dropped = {"too_long"} | ({"truncated"} if report.truncation == "drop" else set())
+        keep = [i for i, v in enumerate(verdicts) if v not in dropped]
+        counts = Counter(verdicts)
+        split = SplitReport(
+            rows=len(rows),
+            dropped_too_long=counts["too_long"],
+            truncated=counts["truncated"],
+            rows_trained=len(keep),
+            tokens=length_percentiles(totals),
+        )
+        report.splits[name] = split
+        _attribute(report, name, measured.data.column(SOURCE_COLUMN).to_pylist(), verdicts, dropped)
+        kept: Dataset = measured.select(keep) if len(keep) < len(rows) else measured
+        out[name] = kept.remove_columns([*LENGTH_COLUMNS, SOURCE_COLUMN])
+    return datasets.DatasetDict(out)
+
+
+def _attribute(
+    report: DataReport, split: str, source_of: list[int], verdicts: list[str], dropped: set[str]
+) -> None:
+    """Per-source length counts, so the report says which source lost rows to `max_length`."""
+    role_sources = [s for s in report.sources if s.role == split]
+    if split == "test" and not role_sources:  # test_split_size: the eval rows came out of the train sources
+        return
+    if not role_sources:
+        return
+    for s in role_sources:
+        s.dropped_too_long = s.truncated = 0
+        s.rows_trained = 0
+    for index, verdict in zip(source_of, verdicts, strict=True):
+        entry = role_sources[index]
+        if verdict == "too_long":
+            entry.dropped_too_long += 1
+        elif verdict == "truncated":
+            entry.truncated += 1
+        if verdict not in dropped:
+            entry.rows_trained += 1
