@@ -80,6 +80,9 @@ def account_lengths(
 
     from alignment.data.lengths import classify_lengths, length_percentiles, token_lengths
 
+    # Rows are measured untruncated on purpose (TRL truncates later, and we count it): the tokenizer's
+    # "longer than the specified maximum sequence length" warning is about indexing a model, not this.
+    tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
     out = {}
     for name, rows in data.items():
         measured = rows.map(
