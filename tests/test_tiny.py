@@ -176,11 +176,12 @@ def test_build_tiny_writes_the_model_and_every_split(tiny_data):
     # build.json records the task config, so the data can be regenerated and checked row for row.
     config = TinyTaskConfig(**json.loads((root / "build.json").read_text())["task"])
     splits = generate_task(config)
-    for split in ("train", "test"):  # three quarters as OpenAI messages, every fourth row as ShareGPT
+    for split in ("train", "test"):  # the first three quarters as OpenAI messages, the rest as ShareGPT
         rows = splits[f"sft_{split}"]
-        assert read_jsonl(root / "sft" / f"{split}.jsonl") == [r for i, r in enumerate(rows) if i % 4 != 3]
+        cut = len(rows) - len(rows) // 4
+        assert read_jsonl(root / "sft" / f"{split}.jsonl") == rows[:cut]
         sharegpt = read_jsonl(root / "sft_sharegpt" / f"{split}.jsonl")
-        assert sharegpt == [to_sharegpt(r) for i, r in enumerate(rows) if i % 4 == 3]
+        assert sharegpt == [to_sharegpt(r) for r in rows[cut:]]
     assert sharegpt[0]["conversations"][0]["from"] == "human"
     files = {
         "dpo/train.jsonl": "dpo_train",

@@ -427,7 +427,13 @@ def _eval_keys(test_parts: list[Dataset], stage: str, num_proc: int | None) -> s
     keys: set[str] = set()
     for part in test_parts:
         if len(part):
-            hashed = part.map(dedup_keys, batched=True, fn_kwargs={"stage": stage}, num_proc=num_proc)
+            hashed = part.map(
+                dedup_keys,
+                batched=True,
+                fn_kwargs={"stage": stage},
+                num_proc=num_proc,
+                desc="Hashing eval rows",
+            )
             keys.update(hashed.data.column("_dedup_key").to_pylist())
     return keys
 

@@ -2,7 +2,7 @@
 
 Everything is generated locally and deterministically (no Hub access): `alignment tiny build [DIR]`
 writes DIR/model (tokenizer + randomly initialised model), DIR/sft (OpenAI messages), DIR/sft_sharegpt
-(a quarter of the conversations, as ShareGPT), DIR/dpo (train/test JSONL each) and DIR/eval.jsonl
+(the last quarter of the conversations, as ShareGPT), DIR/dpo (train/test JSONL each) and DIR/eval.jsonl
 (held-out prompts with their answers).
 """
 
@@ -115,15 +115,15 @@ def build_tiny(
     out = Path(out_dir)
     task, model = task or TinyTaskConfig(), model or TinyModelConfig()
     splits = generate_task(task)
-    # Two SFT sources in two formats, as real mixtures are: OpenAI messages, and every fourth
-    # conversation as FastChat ShareGPT (from/value), which the data layer converts.
+    # Two SFT sources in two formats, as real mixtures are: the first three quarters of the
+    # conversations as OpenAI messages, the last quarter as FastChat ShareGPT (from/value), which the
+    # data layer converts. Mixed in recipe order they are the task's rows in their generated order,
+    # so the demo trains on exactly the sequence it was tuned on (the tiny run is order-sensitive).
     for split in ("train", "test"):
         rows = splits[f"sft_{split}"]
-        write_jsonl(out / "sft" / f"{split}.jsonl", [r for i, r in enumerate(rows) if i % 4 != 3])
-        write_jsonl(
-            out / "sft_sharegpt" / f"{split}.jsonl",
-            [to_sharegpt(r) for i, r in enumerate(rows) if i % 4 == 3],
-        )
+        cut = len(rows) - len(rows) // 4
+        write_jsonl(out / "sft" / f"{split}.jsonl", rows[:cut])
+        write_jsonl(out / "sft_sharegpt" / f"{split}.jsonl", [to_sharegpt(r) for r in rows[cut:]])
     write_jsonl(out / "dpo" / "train.jsonl", splits["dpo_train"])
     write_jsonl(out / "dpo" / "test.jsonl", splits["dpo_test"])
     write_jsonl(out / "eval.jsonl", splits["eval"])
