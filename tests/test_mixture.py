@@ -499,3 +499,25 @@ def test_columns_no_reader_uses_are_listed_in_the_report(tmp_path):
     source = write_jsonl(tmp_path / "pairs.jsonl", rows)
     _, reports, _ = build({"datasets": [{"id": str(source)}]}, stage="dpo")
     assert reports[(str(source), "train")].unused_columns == ["id", "score_chosen"]
+
+
+def test_a_training_row_equal_to_an_eval_row_is_never_trained_on(tmp_path):
+    write_jsonl(tmp_path / "d" / "train.jsonl", [{"messages": conversation(i)} for i in range(4)])
+    write_jsonl(tmp_path / "d" / "test.jsonl", [{"messages": conversation(2)}])
+    data, reports, _ = build({"datasets": [{"id": str(tmp_path / "d")}], "test_split": "test"}, stage="sft")
+    assert [row["messages"] for row in data["train"]] == [conversation(i) for i in (0, 1, 3)]
+    assert data["test"]["messages"] == [conversation(2)]
+    assert reports[(str(tmp_path / "d"), "train")].decontaminated == 1
+
+
+def test_a_mixture_of_formats_is_deterministic_by_fingerprint(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", [{"messages": conversation(i)} for i in range(40)])
+    b = write_jsonl(
+        tmp_path / "b.jsonl", [{"instruction": f"Echo {i}", "input": "", "output": f"{i}"} for i in range(30)]
+    )
+    raw = {"datasets": [{"id": str(a), "weight": 0.5}, {"id": str(b), "samples": 45}], "seed": 3}
+    first, _, _ = build(raw, stage="sft")
+    second, _, _ = build(raw, stage="sft")
+    assert first["train"]._fingerprint == second["train"]._fingerprint
+    assert first["train"].to_list() == second["train"].to_list()
+    assert len(first["train"]) == 20 + 45

@@ -240,7 +240,7 @@ def _drop_invalid(rows: Dataset, source: DatasetSource, split: str, report: Sour
             f"{' ...' if len(bad) > 3 else ''} (fix them, or set `on_invalid: drop` on this source to drop and count them)"
         )
     if bad:
-        rows = rows.select(sorted(set(range(len(rows))) - set(bad)))
+        rows = rows.select([i for i, reason in enumerate(reasons) if not reason])
     return rows.remove_columns("invalid")
 
 

@@ -51,8 +51,12 @@ def run_data_command(stage: str, argv: list[str], output_dir: str, examples: int
 
 def _tokenizer_or_reason(recipe: Any) -> tuple[Any | None, str | None]:
     """The recipe's tokenizer with its chat template, or why it could not be loaded (e.g. offline)."""
+    from alignment.data.sources import is_local
     from alignment.model import load_tokenizer
 
+    source = recipe.args.tokenizer_name_or_path or recipe.model.model_name_or_path
+    if is_local(source) and not Path(source).expanduser().exists():
+        return None, f"the tokenizer's folder {source} does not exist yet (run the stage that writes it)"
     try:
         return load_tokenizer(recipe), None
     except RecipeError:
