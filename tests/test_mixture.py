@@ -521,3 +521,21 @@ def test_a_mixture_of_formats_is_deterministic_by_fingerprint(tmp_path):
     assert first["train"]._fingerprint == second["train"]._fingerprint
     assert first["train"].to_list() == second["train"].to_list()
     assert len(first["train"]) == 20 + 45
+
+
+def test_minhash_dedup_drops_a_near_duplicate_that_exact_dedup_keeps(tmp_path):
+    words = [f"word{i}" for i in range(40)]
+    near = [*words[:-1], "changed"]
+    rows = [{"text": " ".join(words)}, {"text": " ".join(near)}, {"text": "something else entirely"}]
+    source = write_jsonl(tmp_path / "a.jsonl", rows)
+    exact, reports, _ = build({"datasets": [{"id": str(source)}]})
+    assert len(exact["train"]) == 3
+    near_dedup, reports, _ = build({"datasets": [{"id": str(source), "dedup": "minhash"}]})
+    assert texts(near_dedup["train"]) == [rows[0]["text"], rows[2]["text"]]
+    assert reports[(str(source), "train")].duplicates == 1
+
+
+def test_invalid_rows_of_a_sliced_split_are_named_by_row_of_the_slice(tmp_path):
+    source = write_jsonl(tmp_path / "chat.jsonl", invalid_rows())
+    with pytest.raises(RecipeError, match=r"chat\.jsonl \[train\[2:6\]\] row 1: consecutive user turns"):
+        build({"datasets": [{"id": str(source), "split": "train[2:6]"}]}, stage="sft")

@@ -93,7 +93,8 @@ def test_length_accounting_matches_a_hand_count(workdir, monkeypatch, truncation
     assert (source.dropped_too_long, source.truncated, source.rows_trained) == (1, 1, len(trained))
 
 
-def test_dpo_length_accounting_uses_the_longer_answer(workdir, monkeypatch):
+@pytest.mark.parametrize(("mode", "counts"), [("keep_start", (2, 1, 0, 1)), ("keep_end", (2, 0, 1, 2))])
+def test_dpo_length_accounting_uses_the_longer_answer(workdir, monkeypatch, mode, counts):
     monkeypatch.chdir(workdir)
     pair = {
         "prompt": [{"role": "user", "content": "ab"}],  # 7 + 3 = 10
@@ -104,8 +105,10 @@ def test_dpo_length_accounting_uses_the_longer_answer(workdir, monkeypatch):
     write_jsonl(workdir / "pairs" / "train.jsonl", [pair, long_prompt])
     mixture = json.dumps({"datasets": [{"id": "pairs"}]})
     data, report, _ = prepared("dpo", TINY_DPO, "--dataset_mixture", mixture, "--max_length", "14",
-                               "--output_dir", "runs/pairs", "--model_name_or_path", "data/tiny/model")  # fmt: skip
+                               "--output_dir", "runs/pairs", "--model_name_or_path", "data/tiny/model",
+                               "--truncation_mode", mode)  # fmt: skip
     split = report.splits["train"]
-    assert (split.rows, split.dropped_too_long, split.truncated, split.rows_trained) == (2, 1, 0, 1)
+    # keep_start: TRL drops the pair whose prompt fills the window; keep_end: it keeps the end, cutting the prompt
+    assert (split.rows, split.dropped_too_long, split.truncated, split.rows_trained) == counts
     assert split.tokens["max"] == 23  # the long prompt's pair: 16 + 7
     assert data["train"][0]["chosen"][0]["content"] == "cd"

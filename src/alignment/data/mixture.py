@@ -233,8 +233,13 @@ def _drop_invalid(rows: Dataset, source: DatasetSource, split: str, report: Sour
     bad = [i for i, reason in enumerate(reasons) if reason]
     report.invalid = dict(Counter(reasons[i] for i in bad))
     if bad and source.on_invalid == "error":
-        where = source.id if "[" not in split else f"{source.id}[{split}] row"
-        first = "; ".join(f"{where}:{i + 1}: {reasons[i]}" for i in bad[:3])
+        # file:row for a whole file (row = line of a JSON Lines file); a slice's rows count from its start.
+        where = (
+            (lambda i: f"{source.id}:{i + 1}")
+            if "[" not in split
+            else (lambda i: f"{source.id} [{split}] row {i + 1}")
+        )
+        first = "; ".join(f"{where(i)}: {reasons[i]}" for i in bad[:3])
         raise RecipeError(
             f"dataset {source.label} [{split}]: {len(bad)} invalid row(s) of {len(rows)}: {first}"
             f"{' ...' if len(bad) > 3 else ''} (fix them, or set `on_invalid: drop` on this source to drop and count them)"

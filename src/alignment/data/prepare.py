@@ -51,7 +51,8 @@ def prepare_data(
             packing = bool(getattr(training, "packing", False)) and getattr(
                 training, "packing_strategy", "bfd"
             )
-            counted = account_lengths(data, report, tokenizer, stage, packing, num_proc)
+            mode = getattr(training, "truncation_mode", "keep_start")
+            counted = account_lengths(data, report, tokenizer, stage, packing, num_proc, mode)
             data = data if keep_all else counted
         else:
             for name, rows in data.items():
@@ -71,6 +72,7 @@ def account_lengths(
     stage: str,
     packing: str | bool = False,
     num_proc: int | None = None,
+    truncation_mode: str = "keep_start",
 ) -> DatasetDict:
     """Measure every row's tokens; drop what TRL would drop (and cut answers, with `truncation: drop`); count it all.
 
@@ -102,6 +104,10 @@ def account_lengths(
             packing=bool(packing),
             packing_strategy=packing or "bfd",
         )
+        if (
+            truncation_mode == "keep_end"
+        ):  # TRL keeps the end (the answer) and drops nothing: the prompt is cut
+            verdicts = ["truncated" if v == "too_long" else v for v in verdicts]
         dropped = {"too_long"} | ({"truncated"} if report.truncation == "drop" else set())
         keep = [i for i, v in enumerate(verdicts) if v not in dropped]
         counts = Counter(verdicts)
