@@ -98,7 +98,7 @@ def test_each_format_is_detected_and_converted(
     recipe = workdir / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({
         "model_name_or_path": "data/tiny/model", "dataset_mixture": {"datasets": [{"id": name}]},
-        "max_length": 256, "output_dir": "runs/data",
+        "max_length": 128, "output_dir": "runs/data",
     }))  # fmt: skip
     main(["data", str(recipe), "--stage", stage, "--output_dir", "inspect"])
     [first, *_] = [

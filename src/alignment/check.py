@@ -77,7 +77,8 @@ def plan(recipe: Recipe, processes: int | None = None, target: LaunchTarget | No
             f"x {world} processes"
         ),
         "datasets": [
-            f"{s.id}" + (f" ({s.config})" if s.config else "") + f" [{s.split}] weight {s.weight}"
+            f"{s.label} [{s.split}]"
+            + (f" {s.samples} samples" if s.samples else f" weight {s.weight}" if s.weight else "")
             for s in recipe.mixture.datasets
         ]
         + ([f"eval: split {recipe.mixture.test_split} of each source"] if recipe.mixture.test_split else []),
@@ -119,5 +120,7 @@ def print_plan(
     """Print the dry-run plan as YAML (readable, and parseable by tests and tools), once per launch."""
     summary = plan(recipe, processes, target)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(yaml.safe_dump(summary, sort_keys=False, default_flow_style=False).rstrip())
+        from alignment.secrets import redact
+
+        print(redact(yaml.safe_dump(summary, sort_keys=False, default_flow_style=False).rstrip()))
     return summary

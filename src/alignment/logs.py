@@ -17,10 +17,14 @@ def setup_logging(training: Any) -> None:
     import transformers
 
     level = training.get_process_log_level()
+    from alignment.secrets import RedactingFilter
+
+    handler = logging.StreamHandler(sys.stdout)
+    handler.addFilter(RedactingFilter())  # a token never reaches the log, whoever logs it
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
+        handlers=[handler],
         force=True,
     )
     logging.getLogger("alignment").setLevel(

@@ -38,8 +38,14 @@ def load_tokenizer(recipe: Recipe) -> Any:
     """
     from transformers import AutoTokenizer
 
+    from alignment.data.sources import is_local
+    from alignment.errors import RecipeError
+
     margs = recipe.model
     source = recipe.args.tokenizer_name_or_path or margs.model_name_or_path
+    if is_local(source) and not Path(source).expanduser().is_dir():
+        key = "tokenizer_name_or_path" if recipe.args.tokenizer_name_or_path else "model_name_or_path"
+        raise RecipeError(f"`{key}`: no model folder at {source} (a local path; train or download it first)")
     tokenizer = AutoTokenizer.from_pretrained(
         source, revision=margs.model_revision, trust_remote_code=recipe.training.trust_remote_code
     )

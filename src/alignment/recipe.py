@@ -30,6 +30,7 @@ import yaml
 from alignment.chat_templates import BUILTIN_TEMPLATES
 from alignment.data.mixture import MixtureConfig
 from alignment.errors import RecipeError, closest
+from alignment.recipe_checks import check_eval_data, check_values
 
 logger = logging.getLogger(__name__)
 
@@ -173,13 +174,35 @@ def split_recipe_path(argv: Sequence[str]) -> tuple[str | None, list[str]]:
     return path, argv
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, line: int):
+        self.key, self.line = key, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last, silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _DuplicateKey(str(key), key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_recipe_file(path: str) -> dict[str, Any]:
     """Read a recipe YAML mapping; set its `env:` block in the environment."""
     file = Path(path)
     if not file.is_file():
         raise RecipeError(f"recipe file not found: {path}")
     try:
-        config = yaml.safe_load(file.read_text()) or {}
+        config = yaml.load(file.read_text(), Loader=_UniqueKeyLoader) or {}
+    except _DuplicateKey as err:
+        raise RecipeError(
+            f"{path}:{err.line}: key `{err.key}` appears twice (the last would silently win)"
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
@@ -189,6 +212,9 @@ def load_recipe_file(path: str) -> dict[str, Any]:
     env = config.pop("env", {}) or {}
     if not isinstance(env, dict):
         raise RecipeError(f"{path}: `env` must be a mapping of variable names to values")
+    from alignment.secrets import register_environment
+
+    register_environment({str(k): str(v) for k, v in env.items()})  # redacted wherever we write the recipe
     for name, value in env.items():
         os.environ[str(name)] = str(value)
     return config
@@ -287,6 +313,25 @@ def _apply_device_fallbacks(values: dict[str, Any], precision: str, explicit: se
     return notes
 
 
+def _secure(values: dict[str, Any], explicit: set[str]) -> list[str]:
+    """Keep the Hub token out of saved files, push privately by default, and say so when remote code runs."""
+    from alignment.secrets import move_hub_token, register_environment
+
+    register_environment()  # HF_TOKEN, WANDB_API_KEY, ... of this process: redacted wherever we write
+    notes = [note] if (note := move_hub_token(values)) else []
+    if values.get("push_to_hub") and "hub_private_repo" not in explicit:
+        values["hub_private_repo"] = True
+        notes.append(
+            "push_to_hub: the Hub repository is created private; set `hub_private_repo: false` to publish"
+        )
+    if values.get("trust_remote_code"):
+        logger.warning(
+            "trust_remote_code is on: Python code from the model's repository will run on this machine "
+            "with your permissions; keep it off unless you have read that code"
+        )
+    return notes
+
+
 def _pop_dry_run(cli: list[str]) -> tuple[bool, list[str]]:
     """`--dry_run` is a command-line switch, never a recipe key (a recipe that set it would never train)."""
     out, dry_run = [], False
@@ -359,6 +404,7 @@ def _parse_recipe(stage: str, argv: Sequence[str] | None) -> Recipe:
     values = vars(namespace)
     explicit = set(config) | {a[2:].split("=")[0] for a in cli if a.startswith("--")}
     _check_values(values, stage, origin)
+    check_values(values, stage, origin, notes)
     if values.get("activation_checkpointing") is None and "activation_checkpointing" in values:
         # TRL's default lives on the deprecated alias; moving it over keeps transformers' FutureWarning quiet.
         values["activation_checkpointing"] = values.get("gradient_checkpointing")
@@ -369,6 +415,7 @@ def _parse_recipe(stage: str, argv: Sequence[str] | None) -> Recipe:
         raise RecipeError(f"{origin}: {err}") from None
     device_notes = _apply_device_fallbacks(values, precision, explicit)
     notes += device_notes
+    notes += _secure(values, explicit)
 
     built = []
     for cls in dataclass_types:
@@ -380,6 +427,7 @@ def _parse_recipe(stage: str, argv: Sequence[str] | None) -> Recipe:
             raise RecipeError(f"{origin}: {first_line}") from None
     args, training, model = built
     mixture = resolve_mixture(args, origin)
+    check_eval_data(training, bool(mixture.test_split or mixture.test_split_size), origin)
     try:
         require_trackers(training.report_to)
     except RecipeError as err:

@@ -40,22 +40,28 @@ def tracker_packages() -> dict[str, tuple[str, Callable[[], bool]]]:
     }
 
 
-def require_trackers(report_to: list[str] | str | None) -> None:
-    """Raise RecipeError naming the tracker, its package and how to install it, for the first one missing."""
+def check_tracker_names(report_to: list[str] | str | None) -> list[str]:
+    """The `report_to` names, or a RecipeError for one transformers does not know (a typo is never a
+    missing package: this is an error even in a dry run)."""
     from transformers.integrations import INTEGRATION_TO_CALLBACK
 
     known = set(INTEGRATION_TO_CALLBACK)
     names = [report_to] if isinstance(report_to, str) else list(report_to or [])
-    packages = tracker_packages()
     for name in names:
-        if name in ("none", "all"):  # "all" means the trackers that are installed
-            continue
-        if name not in known:
+        if name not in known and name not in ("none", "all"):
             raise RecipeError(
                 f"report_to: `{name}` is not a tracker transformers knows{closest(name, known)} "
                 f"(known: {', '.join(sorted(known))}, or none)"
             )
-        if name not in packages:
+    return names
+
+
+def require_trackers(report_to: list[str] | str | None) -> None:
+    """Raise RecipeError naming the tracker, its package and how to install it, for the first one missing."""
+    names = check_tracker_names(report_to)
+    packages = tracker_packages()
+    for name in names:
+        if name in ("none", "all") or name not in packages:  # "all": the trackers that are installed
             continue
         package, available = packages[name]
         if not available():

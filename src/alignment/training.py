@@ -168,8 +168,10 @@ def write_model_card(
         notes=recipe.notes,
         versions=versions,
     )
+    from alignment.secrets import redact
+
     path = Path(output_dir) / "README.md"
-    card.save(path)
+    path.write_text(redact(str(card)))  # the recipe text and command line may hold a token
     return path
 
 

@@ -1,0 +1,129 @@
+"""Value checks made while a recipe is parsed, for what TRL and transformers check late or never.
+
+`TrainingArguments` accepts `per_device_train_batch_size: 0`, `gradient_accumulation_steps: 0`
+(a ZeroDivisionError after the model loads), `num_train_epochs: -1` (trains nothing and exits 0),
+`per_device_eval_batch_size: 0` (crashes after training, before the save); PEFT builds `lora_r: 0`;
+DPO takes `beta: 0`. Each rule here is one line naming the key and the value, raised before any
+model, tokenizer or data is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from alignment.errors import RecipeError
+
+logger = logging.getLogger(__name__)
+
+# (key, rule, what the value must be); a rule gets the value and all values, True when fine.
+Rule = tuple[str, Callable[[Any, dict[str, Any]], bool], str]
+
+COMMON_RULES: list[Rule] = [
+    ("per_device_train_batch_size", lambda v, _: v >= 1, "at least 1"),
+    ("per_device_eval_batch_size", lambda v, _: v >= 1, "at least 1"),
+    ("gradient_accumulation_steps", lambda v, _: v >= 1, "at least 1"),
+    ("learning_rate", lambda v, _: v >= 0, "above 0"),
+    (
+        "num_train_epochs",
+        lambda v, values: v > 0 or (values.get("max_steps") or -1) > 0,
+        "above 0 (or set `max_steps`)",
+    ),
+    ("max_length", lambda v, _: v is None or v >= 1, "at least 1 (or null for no limit)"),
+    ("lora_r", lambda v, _: v >= 1, "at least 1"),
+    ("lora_alpha", lambda v, _: v > 0, "above 0"),
+    ("lora_dropout", lambda v, _: 0 <= v < 1, "in [0, 1)"),
+    ("warmup_steps", lambda v, _: v >= 0, "0 or more (a float below 1 is a ratio of the steps)"),
+    ("weight_decay", lambda v, _: v >= 0, "0 or more"),
+    ("max_grad_norm", lambda v, _: v is None or v >= 0, "0 or more"),
+    ("logging_steps", lambda v, _: v > 0, "above 0"),
+    ("save_steps", lambda v, _: v > 0, "above 0"),
+    ("eval_steps", lambda v, _: v is None or v > 0, "above 0"),
+]
+STAGE_RULES: dict[str, list[Rule]] = {
+    "dpo": [
+        ("beta", lambda v, _: v > 0, "above 0"),
+        ("label_smoothing", lambda v, _: 0 <= v <= 0.5, "in [0, 0.5] (above 0.5 flips the preference)"),
+    ],
+}
+
+
+def check_values(values: dict[str, Any], stage: str, origin: str, notes: list[str]) -> None:
+    """Raise a RecipeError naming the first key whose value no run could use; note the suspicious ones."""
+    for key, rule, wanted in COMMON_RULES + STAGE_RULES.get(stage, []):
+        if key not in values:
+            continue
+        value = values[key]
+        try:
+            fine = rule(value, values)
+        except TypeError:  # a type the field should not hold; the config class names it
+            continue
+        if not fine:
+            raise RecipeError(f"{origin}: `{key}` is {value!r}; it must be {wanted}")
+    if values.get("learning_rate") == 0:
+        notes.append("learning_rate is 0: the weights will not change")
+    _check_report_to(values.get("report_to"), origin)
+    _check_output_dir(values.get("output_dir"), origin)
+    _check_max_positions(values, origin)
+
+
+def check_eval_data(training: Any, has_eval_data: bool, origin: str) -> None:
+    """An evaluation schedule needs an eval set (TRL fails on it after the model loads)."""
+    strategy = getattr(
+        getattr(training, "eval_strategy", "no"), "value", getattr(training, "eval_strategy", "no")
+    )
+    if strategy != "no" and not has_eval_data:
+        raise RecipeError(
+            f"{origin}: `eval_strategy` is {strategy!r} but the recipe has no eval data; set "
+            "`dataset_mixture.test_split` (or `test_split_size`, or `dataset_test_split`), or `eval_strategy: no`"
+        )
+
+
+def _check_report_to(report_to: Any, origin: str) -> None:
+    from alignment.trackers import check_tracker_names
+
+    try:
+        check_tracker_names(report_to)
+    except RecipeError as err:
+        raise RecipeError(f"{origin}: {err}") from None
+
+
+def _check_output_dir(output_dir: Any, origin: str) -> None:
+    if output_dir and Path(output_dir).is_file():
+        raise RecipeError(f"{origin}: `output_dir` {output_dir} is a file; give a folder")
+
+
+def _check_max_positions(values: dict[str, Any], origin: str) -> None:
+    """`max_length` above what the model can attend to: read from a local or cached config.json, never downloaded."""
+    max_length = values.get("max_length")
+    model = values.get("model_name_or_path")
+    if not max_length or not model:
+        return
+    config = _local_config(str(model))
+    limit = (config or {}).get("max_position_embeddings")
+    if isinstance(limit, int) and max_length > limit:
+        raise RecipeError(
+            f"{origin}: `max_length` is {max_length} but {model} has max_position_embeddings {limit}; "
+            f"set max_length to {limit} or less"
+        )
+
+
+def _local_config(model: str) -> dict | None:
+    path = Path(model).expanduser() / "config.json"
+    if not path.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(model, "config.json")
+        except Exception:  # not a repo id: nothing cached to read
+            return None
+        if not isinstance(cached, str):
+            return None
+        path = Path(cached)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None

@@ -1,0 +1,77 @@
+"""Secrets: a planted token appears in no file a run writes, no log line, no plan; pushes are private."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from alignment.recipe import parse_recipe
+from alignment.secrets import REDACTED, redact
+
+from .conftest import QUICK, TINY_SFT, run_script
+
+HUB_TOKEN = "hf_PLANTEDhubTOKENdoNotLeak0123456789"
+WANDB_KEY = "wandbPLANTEDkeyDoNotLeak9876543210"
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    monkeypatch.setenv(
+        "HF_TOKEN", "placeholder"
+    )  # recorded, so the token a test moves here is removed after it
+    monkeypatch.delenv("HF_TOKEN")
+    return monkeypatch
+
+
+def test_hub_token_leaves_the_training_config_for_the_environment(workdir, clean_env):
+    clean_env.chdir(workdir)
+    recipe = parse_recipe("sft", [str(TINY_SFT), "--hub_token", HUB_TOKEN])
+    assert recipe.training.hub_token is None  # so training_args.bin cannot hold it
+    assert os.environ["HF_TOKEN"] == HUB_TOKEN  # huggingface_hub authenticates the push with it
+    assert redact(f"--hub_token {HUB_TOKEN}") == f"--hub_token {REDACTED}"
+    assert any("hub_token moved to the HF_TOKEN" in note for note in recipe.notes)
+
+
+def test_pushes_are_private_unless_the_recipe_says_otherwise(workdir, clean_env):
+    clean_env.chdir(workdir)
+    assert parse_recipe("sft", [str(TINY_SFT), "--push_to_hub", "true"]).training.hub_private_repo is True
+    public = parse_recipe("sft", [str(TINY_SFT), "--push_to_hub", "true", "--hub_private_repo", "false"])
+    assert public.training.hub_private_repo is False
+
+
+def test_dry_run_plan_never_prints_a_token(workdir, clean_env):
+    recipe = dict(yaml.safe_load(TINY_SFT.read_text()), env={"WANDB_API_KEY": WANDB_KEY}, hub_token=HUB_TOKEN)
+    path = workdir / "secret.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    done = subprocess.run(
+        [sys.executable, "-m", "alignment.cli", "check", str(path), "--stage", "sft"],
+        cwd=workdir, capture_output=True, text=True, env={**os.environ, "HF_TOKEN": ""},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert HUB_TOKEN not in done.stdout + done.stderr
+    assert WANDB_KEY not in done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_a_planted_token_is_in_no_file_and_no_log_of_a_run(workdir, clean_env):
+    """Token on the command line and in the recipe's `env:` block; search every byte the run writes."""
+    recipe = dict(yaml.safe_load(TINY_SFT.read_text()), env={"WANDB_API_KEY": WANDB_KEY})
+    path = workdir / "secret.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    out = workdir / "runs" / "secret"
+    done = run_script(
+        "sft", path, *QUICK, "--max_steps", "2", "--save_steps", "1", "--hub_token", HUB_TOKEN,
+        "--output_dir", str(out), cwd=workdir,
+    )  # fmt: skip
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert any(p.name == "training_args.bin" for p in files) and any(p.name == "README.md" for p in files)
+    for secret in (HUB_TOKEN, WANDB_KEY):
+        assert secret not in done.stdout + done.stderr
+        for file in files:  # every file, including what a push would upload and the checkpoints
+            assert secret.encode() not in file.read_bytes(), file
+    card = (out / "README.md").read_text()
+    assert f"--hub_token {REDACTED}" in card and f"WANDB_API_KEY: {REDACTED}" in card
