@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from trl import DPOTrainer
 
+    from alignment.callbacks import stage_callbacks
     from alignment.data.prepare import prepare_data
     from alignment.logs import setup_logging
     from alignment.model import load_model, load_reference_model, load_tokenizer, peft_config_for
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
         eval_dataset=datasets.get("test"),
         processing_class=tokenizer,
         peft_config=peft_config_for(recipe, model),
+        callbacks=stage_callbacks(),
     )
     result = trainer.train(resume_from_checkpoint=resume_checkpoint(recipe.training))
 

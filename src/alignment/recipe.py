@@ -416,6 +416,8 @@ def _parse_recipe(stage: str, argv: Sequence[str] | None) -> Recipe:
     device_notes = _apply_device_fallbacks(values, precision, explicit)
     notes += device_notes
     notes += _secure(values, explicit)
+    if "logging_nan_inf_filter" in values and "logging_nan_inf_filter" not in explicit:
+        values["logging_nan_inf_filter"] = False  # a NaN loss must show (and stop the run: callbacks.py)
 
     built = []
     for cls in dataclass_types:

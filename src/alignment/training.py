@@ -61,16 +61,59 @@ Adjustments made when the recipe was read:
 
 
 def resume_checkpoint(training: Any) -> str | None:
-    """The checkpoint to resume from: the recipe's `resume_from_checkpoint`, else the last one in `output_dir`."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The checkpoint to resume from: the recipe's `resume_from_checkpoint`, else the newest complete one.
 
+    transformers' `get_last_checkpoint` takes the newest folder whatever it holds, so a run killed
+    while saving fails every rerun on the half-written one; here it is skipped, and named.
+    """
     if training.resume_from_checkpoint:
         return training.resume_from_checkpoint
     output = Path(training.output_dir)
-    last = get_last_checkpoint(str(output)) if output.is_dir() else None
-    if last is not None:
-        logger.info(f"resuming from {last}")
-    return last
+    if not output.is_dir():
+        return None
+    found = sorted(
+        (p for p in output.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
+    skipped = []
+    for checkpoint in found:
+        if checkpoint_is_complete(checkpoint, optimizer=not getattr(training, "save_only_model", False)):
+            break
+        skipped.append(checkpoint.name)
+    else:
+        checkpoint = None
+    if skipped:
+        logger.warning(
+            f"skipping incomplete checkpoint(s) {', '.join(skipped)} (a run stopped while saving): "
+            + (f"resuming from {checkpoint.name}" if checkpoint else "starting afresh")
+        )
+    elif checkpoint is not None:
+        logger.info(f"resuming from {checkpoint}")
+    return str(checkpoint) if checkpoint is not None else None
+
+
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "adapter_model.safetensors",
+    "pytorch_model.bin",
+)
+
+
+def checkpoint_is_complete(path: Path, optimizer: bool = True) -> bool:
+    """Whether `path` holds what a resume reads: a readable trainer_state.json, weights, optimizer state.
+
+    The Trainer writes the state last, so a kill mid-save leaves no (or a truncated) trainer_state.json.
+    DeepSpeed keeps weights and optimizer in `global_step*/`.
+    """
+    try:
+        json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    deepspeed = any(p.is_dir() for p in path.glob("global_step*"))
+    weights = deepspeed or any((path / n).is_file() and (path / n).stat().st_size > 0 for n in WEIGHT_FILES)
+    return weights and (deepspeed or not optimizer or (path / "optimizer.pt").is_file())
 
 
 def finish_training(

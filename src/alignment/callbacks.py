@@ -1,0 +1,46 @@
+"""Trainer callbacks every stage adds.
+
+transformers' `logging_nan_inf_filter` (on by default) replaces a NaN or infinite step loss with the
+running average in the logs, so a diverged run keeps training and saving NaN weights while its logs
+look normal. The recipe parser turns that filter off; this callback then stops the run at the first
+non-finite logged loss or gradient norm, with one line naming the step, before it saves over the last
+good checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from alignment.errors import RecipeError
+
+
+class StopOnNonFiniteLoss(TrainerCallback):
+    """Raise at the first logged `loss` or `grad_norm` that is NaN or infinite (all ranks log the same value)."""
+
+    WATCHED = ("loss", "grad_norm")
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        for key in self.WATCHED:
+            value = (logs or {}).get(key)
+            if isinstance(value, int | float) and not math.isfinite(value):
+                checkpoints = sorted(
+                    Path(args.output_dir).glob("checkpoint-*"), key=lambda p: p.stat().st_mtime
+                )
+                kept = (
+                    f"the last checkpoint, {checkpoints[-1].name}, is kept"
+                    if checkpoints
+                    else "no checkpoint yet"
+                )
+                raise RecipeError(
+                    f"training stopped at step {state.global_step}: the {key} is {value} ({kept}); "
+                    "lower `learning_rate`, set `max_grad_norm`, or check the data"
+                )
+
+
+def stage_callbacks() -> list[TrainerCallback]:
+    """The callbacks every stage script passes to its trainer."""
+    return [StopOnNonFiniteLoss()]

@@ -1,0 +1,105 @@
+"""Runs that fail safe: half-written checkpoints are skipped on resume, a NaN loss stops the run in one line."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from alignment.errors import RecipeError
+from alignment.training import checkpoint_is_complete, resume_checkpoint
+
+from .conftest import TINY_SFT
+
+
+class Args:
+    def __init__(self, output_dir: Path, save_only_model: bool = False):
+        self.output_dir, self.save_only_model, self.resume_from_checkpoint = (
+            str(output_dir),
+            save_only_model,
+            None,
+        )
+
+
+def checkpoint(
+    root: Path, step: int, *, state: str | None = '{"global_step": 1}', weights=True, optimizer=True
+):
+    folder = root / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    if weights:
+        (folder / "model.safetensors").write_bytes(b"weights")
+    if optimizer:
+        (folder / "optimizer.pt").write_bytes(b"optimizer")
+    if state is not None:
+        (folder / "trainer_state.json").write_text(state)
+    return folder
+
+
+def test_resume_takes_the_newest_complete_checkpoint_and_names_the_ones_it_skips(tmp_path, caplog):
+    checkpoint(tmp_path, 2)
+    checkpoint(tmp_path, 10)  # complete, and newer than the next by step (not by name order)
+    checkpoint(tmp_path, 12, state=None)  # killed before the trainer state: the last file written
+    checkpoint(tmp_path, 14, state='{"global_st')  # killed while writing it
+    with caplog.at_level(logging.WARNING, logger="alignment.training"):
+        assert resume_checkpoint(Args(tmp_path)) == str(tmp_path / "checkpoint-10")
+    assert "skipping incomplete checkpoint(s) checkpoint-14, checkpoint-12" in caplog.text
+    assert "resuming from checkpoint-10" in caplog.text
+
+
+def test_with_no_complete_checkpoint_the_run_starts_afresh(tmp_path, caplog):
+    checkpoint(tmp_path, 3, weights=False)
+    with caplog.at_level(logging.WARNING, logger="alignment.training"):
+        assert resume_checkpoint(Args(tmp_path)) is None
+    assert "starting afresh" in caplog.text
+
+
+def test_optimizer_state_is_required_unless_only_the_model_is_saved(tmp_path):
+    folder = checkpoint(tmp_path, 5, optimizer=False)
+    assert not checkpoint_is_complete(folder)
+    assert checkpoint_is_complete(folder, optimizer=False)
+    assert resume_checkpoint(Args(tmp_path, save_only_model=True)) == str(folder)
+
+
+@pytest.mark.slow
+def test_a_nan_loss_stops_training_in_one_line_naming_the_step(workdir, monkeypatch):
+    import torch
+    from trl import SFTTrainer
+
+    from alignment.callbacks import stage_callbacks
+    from alignment.data.prepare import prepare_data
+    from alignment.model import load_model, load_tokenizer
+    from alignment.recipe import parse_recipe
+
+    monkeypatch.chdir(workdir)
+    recipe = parse_recipe(
+        "sft", [str(TINY_SFT), "--max_steps", "4", "--logging_steps", "1", "--output_dir", "runs/nan",
+                "--report_to", "none", "--disable_tqdm", "true"],
+    )  # fmt: skip
+    assert recipe.training.logging_nan_inf_filter is False  # transformers would hide the NaN in the logs
+    tokenizer = load_tokenizer(recipe)
+    data, _ = prepare_data(recipe, tokenizer)
+    model = load_model(recipe, tokenizer)
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] = float("nan")  # tied to the embeddings: every forward pass is NaN
+    trainer = SFTTrainer(model=model, args=recipe.training, train_dataset=data["train"].select(range(64)),
+                         processing_class=tokenizer, callbacks=stage_callbacks())  # fmt: skip
+    with pytest.raises(
+        RecipeError, match=r"^training stopped at step 1: the loss is nan \(no checkpoint yet\)"
+    ):
+        trainer.train()
+    assert not list((workdir / "runs" / "nan").glob("checkpoint-*"))
+
+
+def test_trainer_state_is_what_marks_a_checkpoint_complete():
+    # transformers writes trainer_state.json last in `_save_checkpoint`; the completeness rule relies on it.
+    import inspect
+
+    from transformers import Trainer
+
+    source = inspect.getsource(Trainer._save_checkpoint)
+    assert (
+        source.rindex("save_to_json")
+        > source.index("_save_optimizer_and_scheduler")
+        > source.index("save_model")
+    )
