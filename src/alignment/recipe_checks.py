@@ -65,6 +65,7 @@ def check_values(values: dict[str, Any], stage: str, origin: str, notes: list[st
             raise RecipeError(f"{origin}: `{key}` is {value!r}; it must be {wanted}")
     if values.get("learning_rate") == 0:
         notes.append("learning_rate is 0: the weights will not change")
+    _check_chat_template(values.get("chat_template"), origin)
     _check_report_to(values.get("report_to"), origin)
     _check_output_dir(values.get("output_dir"), origin)
     _check_max_positions(values, origin)
@@ -79,6 +80,31 @@ def check_eval_data(training: Any, has_eval_data: bool, origin: str) -> None:
         raise RecipeError(
             f"{origin}: `eval_strategy` is {strategy!r} but the recipe has no eval data; set "
             "`dataset_mixture.test_split` (or `test_split_size`, or `dataset_test_split`), or `eval_strategy: no`"
+        )
+
+
+SAMPLE_CONVERSATION = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+
+
+def _check_chat_template(template: Any, origin: str) -> None:
+    """A Jinja `chat_template` must compile and render a two-turn conversation (else it fails mid-tokenisation)."""
+    if not isinstance(template, str) or "{" not in template:
+        return  # a built-in name, checked against the list
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    try:
+        rendered = render_jinja_template(
+            [SAMPLE_CONVERSATION], chat_template=template, bos_token="<s>", eos_token="</s>"
+        )
+    except Exception as err:  # jinja2's TemplateSyntaxError, UndefinedError, ... : all one answer
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RecipeError(
+            f"{origin}: `chat_template` does not render a two-turn conversation ({type(err).__name__}: {first})"
+        ) from None
+    text = rendered[0][0] if isinstance(rendered, tuple) else rendered
+    if "Hello." not in str(text):
+        raise RecipeError(
+            f"{origin}: `chat_template` renders a two-turn conversation without the assistant's text"
         )
 
 
