@@ -25,9 +25,13 @@ def main(argv: list[str] | None = None) -> None:
     from alignment.data.prepare import prepare_data
     from alignment.logs import setup_logging
     from alignment.model import load_model, load_reference_model, load_tokenizer, peft_config_for
-    from alignment.training import finish_training, resume_checkpoint
+    from alignment.reruns import begin_run
+    from alignment.training import finish_training
 
     setup_logging(recipe.training)
+    run = begin_run(recipe)  # resume the recorded run, refuse a changed one, or stop: already finished
+    if run.finished:
+        return
 
     # Tokenizer, then the data (converted, checked, curated, measured with it), then policy and reference
     tokenizer = load_tokenizer(recipe)
@@ -46,10 +50,10 @@ def main(argv: list[str] | None = None) -> None:
         peft_config=peft_config_for(recipe, model),
         callbacks=stage_callbacks(),
     )
-    result = trainer.train(resume_from_checkpoint=resume_checkpoint(recipe.training))
+    result = trainer.train(resume_from_checkpoint=run.checkpoint)
 
     # Save, evaluate, card, push
-    finish_training(trainer, recipe, result, datasets, data_report)
+    finish_training(trainer, recipe, result, datasets, data_report, resumed=run.checkpoint is not None)
 
 
 if __name__ == "__main__":

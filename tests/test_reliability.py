@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -103,3 +104,65 @@ def test_trainer_state_is_what_marks_a_checkpoint_complete():
         > source.index("_save_optimizer_and_scheduler")
         > source.index("save_model")
     )
+
+
+# --- Reruns: resume only the same recipe -------------------------------------------------------------
+
+
+def begin(workdir, *overrides):
+    from alignment.recipe import parse_recipe
+    from alignment.reruns import begin_run
+
+    recipe = parse_recipe("sft", [str(TINY_SFT), "--output_dir", "runs/rerun", *overrides])
+    return begin_run(recipe)
+
+
+def test_first_run_records_its_recipe_and_starts_from_scratch(workdir, monkeypatch):
+    from alignment.reruns import RUN_RECIPE
+
+    monkeypatch.chdir(workdir)
+    start = begin(workdir)
+    assert (start.finished, start.checkpoint) == (False, None)
+    record = json.loads((workdir / "runs" / "rerun" / RUN_RECIPE).read_text())
+    assert record["status"] == "running" and record["values"]["learning_rate"] == 1.5e-3
+
+
+def test_a_rerun_with_other_training_values_is_refused_naming_each_key(workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    begin(workdir)
+    with pytest.raises(RecipeError) as err:
+        begin(workdir, "--learning_rate", "1e-5", "--num_train_epochs", "3")
+    message = str(err.value)
+    assert "`learning_rate` 0.0015 -> 1e-05" in message and "`num_train_epochs` 2 -> 3.0" in message
+    assert "--output_dir" in message and "--overwrite_output_dir true" in message
+    begin(workdir, "--logging_steps", "5", "--report_to", "none")  # logging is not training: resumes
+
+
+def test_a_finished_run_rerun_unchanged_has_nothing_to_do(workdir, monkeypatch):
+    from alignment.reruns import mark_finished
+
+    monkeypatch.chdir(workdir)
+    begin(workdir)
+    mark_finished(workdir / "runs" / "rerun")
+    assert begin(workdir).finished
+
+
+def test_overwrite_output_dir_starts_afresh_keeping_nothing_stale(workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    begin(workdir)
+    checkpoint(workdir / "runs" / "rerun", 4)
+    start = begin(workdir, "--learning_rate", "1e-5", "--overwrite_output_dir", "true")
+    assert (start.finished, start.checkpoint) == (False, None)
+    assert not (workdir / "runs" / "rerun" / "checkpoint-4").exists()
+
+
+def test_whole_run_loss_weights_each_logged_interval_by_its_steps():
+    from alignment.reruns import whole_run_loss
+
+    history = [
+        {"loss": 4.0, "step": 2},
+        {"loss": 2.0, "step": 4},
+        {"eval_loss": 9.0, "step": 4},
+        {"loss": 1.0, "step": 5},
+    ]
+    assert whole_run_loss(history) == pytest.approx((4 * 2 + 2 * 2 + 1 * 1) / 5)

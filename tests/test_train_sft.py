@@ -12,7 +12,7 @@ from huggingface_hub import ModelCard
 
 from alignment.evaluation import generate_answers, load_for_eval, read_jsonl
 
-from .conftest import QUICK, TINY_SFT, run_script
+from .conftest import QUICK, REPO, TINY_SFT, run_script
 
 pytestmark = pytest.mark.slow
 
@@ -63,21 +63,52 @@ def test_saved_model_reloads_and_stops_at_end_of_turn(sft_model, tiny_data):
     assert sum(0 < len(r) <= 8 for r in replies) >= 15, replies
 
 
-def test_resume_continues_from_last_checkpoint(workdir):
-    out = "runs/resume"
-    run_script(
-        "sft", TINY_SFT, *QUICK, "--output_dir", out, "--max_steps", "6", "--save_steps", "3", cwd=workdir
+def test_a_killed_run_rerun_unchanged_matches_an_uninterrupted_one(workdir):
+    """SIGKILL once a checkpoint is on disk, rerun the same command: same steps, losses, weights, train_loss."""
+    import time
+
+    from safetensors.torch import load_file
+
+    args = (*QUICK, "--max_steps", "24", "--save_steps", "4", "--save_total_limit", "10")
+    run_script("sft", TINY_SFT, *args, "--output_dir", "runs/whole", cwd=workdir)
+    command = [
+        sys.executable,
+        str(REPO / "scripts" / "run_sft.py"),
+        str(TINY_SFT),
+        *args,
+        "--output_dir",
+        "runs/killed",
+    ]
+    killed = workdir / "runs" / "killed"
+    proc = subprocess.Popen(command, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoint-8" / "trainer_state.json").exists() and proc.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    assert not (killed / "model.safetensors").exists()  # killed mid-run, not after it
+    done = run_script(
+        "sft", TINY_SFT, *args, "--output_dir", "runs/killed", "--log_level", "info", cwd=workdir
     )
-    assert (workdir / out / "checkpoint-6").is_dir()
-    first = logged_losses(workdir / out)
-    done = run_script("sft", TINY_SFT, *QUICK, "--output_dir", out, "--max_steps", "10", "--save_steps", "3",
-                      "--log_level", "info", cwd=workdir)  # fmt: skip
     log = done.stdout + done.stderr
-    assert "resuming from runs/resume/checkpoint-6" in log and "global step 6" in log
-    assert "FutureWarning" not in log  # neither our keys nor TRL's defaults trip a deprecation
-    state = json.loads((workdir / out / "trainer_state.json").read_text())
-    assert state["global_step"] == 10
-    assert logged_losses(workdir / out)[: len(first)] == first  # history carried over, not retrained
+    assert "resuming from" in log and "FutureWarning" not in log
+    whole_state = json.loads((workdir / "runs" / "whole" / "trainer_state.json").read_text())
+    killed_state = json.loads((killed / "trainer_state.json").read_text())
+    assert killed_state["global_step"] == whole_state["global_step"] == 24
+    assert logged_losses(killed) == pytest.approx(logged_losses(workdir / "runs" / "whole"), rel=1e-4)
+    whole_loss = json.loads((workdir / "runs" / "whole" / "train_results.json").read_text())["train_loss"]
+    resumed_loss = json.loads((killed / "train_results.json").read_text())["train_loss"]
+    assert resumed_loss == pytest.approx(whole_loss, rel=1e-4)  # the whole run, not the resumed steps only
+    a, b = (
+        load_file(workdir / "runs" / "whole" / "model.safetensors"),
+        load_file(killed / "model.safetensors"),
+    )
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+    # Rerun unchanged: finished, nothing to train.
+    again = run_script("sft", TINY_SFT, *args, "--output_dir", "runs/killed", cwd=workdir)
+    assert "finished run: nothing to train" in again.stdout + again.stderr
+    assert json.loads((killed / "trainer_state.json").read_text()) == killed_state
 
 
 def test_dora_adapter_trains_and_next_stage_loads_it_on_its_base(workdir):

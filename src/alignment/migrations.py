@@ -64,12 +64,6 @@ LEGACY_KEYS = (
     LegacyKey(
         "max_completion_length", None, "by trl 1.16", "DPO truncates the whole sequence to `max_length`"
     ),
-    LegacyKey(
-        "overwrite_output_dir",
-        None,
-        "transformers 5.0",
-        "a run resumes from the last checkpoint in `output_dir`; delete that folder to start afresh",
-    ),
     LegacyKey("dataset_mixer", "dataset_mixture", "alignment-handbook 0.4"),
     LegacyKey("dataset_splits", "dataset_mixture", "alignment-handbook 0.4"),
 )

@@ -89,6 +89,13 @@ class RecipeArguments:
             "choices": ["truncate", "drop"],
         },
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Delete what `output_dir` holds and train afresh. Without it, a rerun resumes the run "
+            "recorded there (run_recipe.json) when its training values are the same, and is refused when not."
+        },
+    )
     license: str | None = field(
         default=None,
         metadata={

@@ -117,11 +117,20 @@ def checkpoint_is_complete(path: Path, optimizer: bool = True) -> bool:
 
 
 def finish_training(
-    trainer: Any, recipe: Recipe, train_result: Any, datasets: Any, data_report: DataReport | None = None
+    trainer: Any,
+    recipe: Recipe,
+    train_result: Any,
+    datasets: Any,
+    data_report: DataReport | None = None,
+    resumed: bool = False,
 ) -> dict[str, float]:
     """Write metrics; save model, tokenizer, generation config and our card; push if asked; end the trackers."""
+    from alignment.reruns import mark_finished, whole_run_loss
+
     output_dir = Path(trainer.args.output_dir)
     metrics = dict(train_result.metrics)
+    if resumed and (loss := whole_run_loss(trainer.state.log_history)) is not None:
+        metrics["train_loss"] = loss  # transformers' covers only the resumed steps
     metrics["train_samples"] = len(datasets["train"])  # rows actually trained: after every counted drop
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
@@ -150,6 +159,8 @@ def finish_training(
             f", pushed to https://huggingface.co/{trainer.hub_model_id}" if trainer.args.push_to_hub else ""
         )
         logger.info(f"model, tokenizer, metrics and card saved to {output_dir}{pushed}")
+    if trainer.is_world_process_zero():
+        mark_finished(output_dir)  # last: a rerun of this recipe now has nothing to do
     trainer.accelerator.wait_for_everyone()
     trainer.end()  # finishes the trackers and destroys the process group: nothing collective after this
     return metrics
