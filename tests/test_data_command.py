@@ -10,14 +10,7 @@ import yaml
 
 from alignment.cli import main
 
-
-def user(text: str) -> dict:
-    return {"role": "user", "content": text}
-
-
-def assistant(text: str) -> dict:
-    return {"role": "assistant", "content": text}
-
+from .messages import assistant, user
 
 CALL = {"type": "function", "function": {"name": "get_time", "arguments": '{"city": "Lima"}'}}
 

@@ -24,6 +24,11 @@ from alignment.data.formats import (
 )
 from alignment.errors import RecipeError
 
+from .messages import assistant as A
+from .messages import system as S
+from .messages import tool as T
+from .messages import user as U
+
 
 def convert(rows: list[dict], fmt: str, stage: str, tags: RoleTags | None = None) -> list[dict]:
     """convert_batch on rows (as a dict of lists) and back to rows, `invalid` included."""
@@ -40,28 +45,6 @@ def one(row: dict, fmt: str, stage: str, tags: RoleTags | None = None) -> dict:
 
 def reasons(rows: list[dict], fmt: str, stage: str, tags: RoleTags | None = None) -> list[str]:
     return [row["invalid"] for row in convert(rows, fmt, stage, tags)]
-
-
-def U(text: str) -> dict:
-    return {"role": "user", "content": text}
-
-
-def A(text: str, *calls: tuple[str, str]) -> dict:
-    message = {"role": "assistant", "content": text}
-    if calls:
-        message["tool_calls"] = [
-            {"type": "function", "function": {"name": name, "arguments": arguments}}
-            for name, arguments in calls
-        ]
-    return message
-
-
-def S(text: str) -> dict:
-    return {"role": "system", "content": text}
-
-
-def T(text: str) -> dict:
-    return {"role": "tool", "content": text}
 
 
 EMPTY_SFT = {"messages": [], "tools": None}

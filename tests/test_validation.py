@@ -7,24 +7,7 @@ import pytest
 from alignment.data.validation import INVALID_REASONS, validate_row
 from alignment.errors import RecipeError
 
-
-def user(text: str) -> dict:
-    return {"role": "user", "content": text}
-
-
-def assistant(text: str, *calls: tuple[str, str]) -> dict:
-    message = {"role": "assistant", "content": text}
-    if calls:
-        message["tool_calls"] = [
-            {"type": "function", "function": {"name": name, "arguments": arguments}}
-            for name, arguments in calls
-        ]
-    return message
-
-
-def tool(text: str) -> dict:
-    return {"role": "tool", "content": text}
-
+from .messages import assistant, tool, user
 
 SYSTEM = {"role": "system", "content": "You are terse."}
 WEATHER = ("get_weather", '{"city": "Lyon"}')

@@ -38,14 +38,12 @@ def load_tokenizer(recipe: Recipe) -> Any:
     """
     from transformers import AutoTokenizer
 
-    from alignment.data.sources import is_local
     from alignment.errors import RecipeError
 
     margs = recipe.model
     source = recipe.args.tokenizer_name_or_path or margs.model_name_or_path
-    if is_local(source) and not Path(source).expanduser().is_dir():
-        key = "tokenizer_name_or_path" if recipe.args.tokenizer_name_or_path else "model_name_or_path"
-        raise RecipeError(f"`{key}`: no model folder at {source} (a local path; train or download it first)")
+    if missing := missing_model_folder(recipe):
+        raise RecipeError(missing)
     tokenizer = AutoTokenizer.from_pretrained(
         source, revision=margs.model_revision, trust_remote_code=recipe.training.trust_remote_code
     )
@@ -53,6 +51,20 @@ def load_tokenizer(recipe: Recipe) -> Any:
     if getattr(recipe.training, "assistant_only_loss", False):
         ensure_generation_markers(tokenizer)
     return tokenizer
+
+
+def missing_model_folder(recipe: Recipe) -> str | None:
+    """Why the tokenizer's local folder cannot be read (it does not exist), naming the key; None when fine.
+
+    A missing local path would otherwise reach the Hub client and fail with "Repo id must be in the form".
+    """
+    from alignment.data.sources import is_local
+
+    source = recipe.args.tokenizer_name_or_path or recipe.model.model_name_or_path
+    if not is_local(source) or Path(source).expanduser().is_dir():
+        return None
+    key = "tokenizer_name_or_path" if recipe.args.tokenizer_name_or_path else "model_name_or_path"
+    return f"`{key}`: no model folder at {source} (a local path; train or download it first)"
 
 
 MERGED_BASE = "_merged_base"  # under output_dir; the Trainer's Hub pushes skip "_*" folders

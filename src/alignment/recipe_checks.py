@@ -73,9 +73,8 @@ def check_values(values: dict[str, Any], stage: str, origin: str, notes: list[st
 
 def check_eval_data(training: Any, has_eval_data: bool, origin: str) -> None:
     """An evaluation schedule needs an eval set (TRL fails on it after the model loads)."""
-    strategy = getattr(
-        getattr(training, "eval_strategy", "no"), "value", getattr(training, "eval_strategy", "no")
-    )
+    strategy = getattr(training, "eval_strategy", "no")
+    strategy = getattr(strategy, "value", strategy)  # an IntervalStrategy enum, or its string
     if strategy != "no" and not has_eval_data:
         raise RecipeError(
             f"{origin}: `eval_strategy` is {strategy!r} but the recipe has no eval data; set "

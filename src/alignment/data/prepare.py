@@ -57,7 +57,8 @@ def prepare_data(
         else:
             for name, rows in data.items():
                 report.splits[name] = SplitReport(rows=len(rows), rows_trained=len(rows))
-        data = data.remove_columns([c for c in (SOURCE_COLUMN,) if c in data["train"].column_names])
+        if SOURCE_COLUMN in data["train"].column_names:  # account_lengths has dropped it already
+            data = data.remove_columns(SOURCE_COLUMN)
     if training.process_index == 0:
         for line in report.table().splitlines():
             logger.info(line)
@@ -104,9 +105,8 @@ def account_lengths(
             packing=bool(packing),
             packing_strategy=packing or "bfd",
         )
-        if (
-            truncation_mode == "keep_end"
-        ):  # TRL keeps the end (the answer) and drops nothing: the prompt is cut
+        # keep_end: TRL keeps the end (the answer) and drops nothing; the prompt is what gets cut.
+        if truncation_mode == "keep_end":
             verdicts = ["truncated" if v == "too_long" else v for v in verdicts]
         dropped = {"too_long"} | ({"truncated"} if report.truncation == "drop" else set())
         keep = [i for i, v in enumerate(verdicts) if v not in dropped]
@@ -130,9 +130,9 @@ def _attribute(
 ) -> None:
     """Per-source length counts, so the report says which source lost rows to `max_length`."""
     role_sources = [s for s in report.sources if s.role == split]
-    if split == "test" and not role_sources:  # test_split_size: the eval rows came out of the train sources
-        return
-    if not role_sources:
+    if (
+        not role_sources
+    ):  # test_split_size: the eval rows came out of the train sources, counted per split only
         return
     for s in role_sources:
         s.dropped_too_long = s.truncated = 0

@@ -8,7 +8,6 @@ the model will learn from. TRL has no such dry run of its data pipeline.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -25,7 +24,6 @@ GREEN, RESET = "\033[32m", "\033[0m"
 def run_data_command(stage: str, argv: list[str], output_dir: str, examples: int = 3) -> Path:
     """Build, write and show the recipe's data for `stage`; return the folder written."""
     from alignment.data.prepare import prepare_data
-    from alignment.data.report import DataReport
     from alignment.recipe import parse_recipe
 
     recipe = parse_recipe(stage, [*argv, "--output_dir", output_dir])
@@ -37,7 +35,7 @@ def run_data_command(stage: str, argv: list[str], output_dir: str, examples: int
     out.mkdir(parents=True, exist_ok=True)
     for name, rows in data.items():
         rows.to_json(out / f"{name}.jsonl", lines=True, force_ascii=False)
-    DataReport.write(report, out)
+    report.write(out)  # again: with the note on the tokenizer
     print(report.table())
     if tokenizer is not None:
         colour = sys.stdout.isatty()
@@ -51,12 +49,10 @@ def run_data_command(stage: str, argv: list[str], output_dir: str, examples: int
 
 def _tokenizer_or_reason(recipe: Any) -> tuple[Any | None, str | None]:
     """The recipe's tokenizer with its chat template, or why it could not be loaded (e.g. offline)."""
-    from alignment.data.sources import is_local
-    from alignment.model import load_tokenizer
+    from alignment.model import load_tokenizer, missing_model_folder
 
-    source = recipe.args.tokenizer_name_or_path or recipe.model.model_name_or_path
-    if is_local(source) and not Path(source).expanduser().exists():
-        return None, f"the tokenizer's folder {source} does not exist yet (run the stage that writes it)"
+    if missing := missing_model_folder(recipe):  # e.g. the previous stage's output, not trained yet
+        return None, missing
     try:
         return load_tokenizer(recipe), None
     except RecipeError:
@@ -68,7 +64,9 @@ def _tokenizer_or_reason(recipe: Any) -> tuple[Any | None, str | None]:
 
 def render_trained(row: dict, stage: str, tokenizer: Any, recipe: Any, colour: bool) -> str:
     """One canonical row as the model sees it, trained-on text marked (green, or [[ ]] without colour)."""
-    tools = json.loads(row["tools"]) if row.get("tools") else None
+    from alignment.data.lengths import parse_tools
+
+    tools = parse_tools(row.get("tools"))
     if stage in ("cpt", "classify"):
         text = row["text"] + (f"\n(label: {row['label']})" if stage == "classify" else "")
         return _mark([(text, stage == "cpt")], colour)
