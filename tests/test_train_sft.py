@@ -111,6 +111,53 @@ def test_a_killed_run_rerun_unchanged_matches_an_uninterrupted_one(workdir):
     assert json.loads((killed / "trainer_state.json").read_text()) == killed_state
 
 
+# Run in the child before the script: the final save (not a checkpoint's) writes half of
+# model.safetensors and then the process SIGKILLs itself, as a node lost mid-save would.
+KILL_MID_SAVE = """
+import os, signal, runpy, sys
+import safetensors.torch as st
+original = st.save_file
+def save_file(tensors, filename, metadata=None):
+    if "checkpoint-" in str(filename):
+        return original(tensors, filename, metadata)
+    original(tensors, filename, metadata)
+    with open(filename, "r+b") as f:
+        f.truncate(os.path.getsize(filename) // 2)
+    os.kill(os.getpid(), signal.SIGKILL)
+st.save_file = save_file
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_run_killed_while_saving_the_final_model_leaves_no_half_model_and_reruns(workdir):
+    """SIGKILL inside the final save: output_dir holds no half-written weights; the rerun saves the model whole."""
+    from safetensors.torch import load_file
+
+    args = (*QUICK, "--max_steps", "8", "--save_steps", "4", "--output_dir", "runs/midsave")
+    command = [
+        sys.executable,
+        "-c",
+        KILL_MID_SAVE,
+        str(REPO / "scripts" / "run_sft.py"),
+        str(TINY_SFT),
+        *args,
+    ]
+    done = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
+    assert done.returncode == -9, done.stderr[-3000:]
+    out = workdir / "runs" / "midsave"
+    assert (out / "checkpoint-8" / "trainer_state.json").is_file()  # training had finished
+    assert not (out / "model.safetensors").exists() and not (out / "config.json").exists()
+    assert json.loads((out / "run_recipe.json").read_text())["status"] == "running"
+
+    again = run_script("sft", TINY_SFT, *args, "--log_level", "info", cwd=workdir)
+    assert "resuming from" in again.stdout + again.stderr
+    final, last = load_file(out / "model.safetensors"), load_file(out / "checkpoint-8" / "model.safetensors")
+    assert final.keys() == last.keys() and all(final[k].equal(last[k]) for k in final)
+    assert not (out / "_final.partial").exists()
+    assert json.loads((out / "run_recipe.json").read_text())["status"] == "finished"
+
+
 def test_dora_adapter_trains_and_next_stage_loads_it_on_its_base(workdir):
     adapter = workdir / "runs" / "lora"
     run_script("sft", TINY_SFT, *QUICK, "--output_dir", str(adapter), "--max_steps", "6", "--use_peft", "true",

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -143,10 +145,8 @@ def finish_training(
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)
 
-    if trainer.is_world_process_zero():
-        # A PEFT save writes only the adapter: the generation config (EOS = end of turn) goes beside it.
-        trainer.accelerator.unwrap_model(trainer.model).generation_config.save_pretrained(output_dir)
     use_our_model_card(trainer, recipe, metrics, data_report)
+    save_final_model_whole(trainer)
     if trainer.args.push_to_hub:
         # Saves the model once, writes our card, runs the callbacks' on_push_begin (a tracker syncs its
         # dashboard), uploads all but checkpoint-* to `hub_model_id` at `hub_revision`.
@@ -164,6 +164,49 @@ def finish_training(
     trainer.accelerator.wait_for_everyone()
     trainer.end()  # finishes the trackers and destroys the process group: nothing collective after this
     return metrics
+
+
+FINAL_PARTIAL = "_final.partial"  # under output_dir; the Trainer's Hub pushes skip "_*" folders
+
+
+def save_final_model_whole(trainer: Any) -> None:
+    """Make the final `trainer.save_model` (also the one inside `push_to_hub`) write whole files only.
+
+    transformers writes the model straight into `output_dir`: a run killed while saving leaves a
+    half-written model.safetensors there, which the next stage loads (or fails on). Here the model,
+    tokenizer and generation config are written to `output_dir/_final.partial` and then each file
+    is moved into place by a rename, so `output_dir` holds either the previous file or the new one,
+    never half of one. A rerun resumes from the last checkpoint and saves again. Checkpoint saves
+    (into `checkpoint-*`) are left to the Trainer.
+    """
+    original = trainer.save_model
+    final = Path(trainer.args.output_dir)
+
+    def save_model(output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if output_dir is not None and Path(output_dir).resolve() != final.resolve():
+            return original(output_dir, _internal_call=_internal_call)
+        partial = final / FINAL_PARTIAL
+        if trainer.args.should_save:
+            shutil.rmtree(partial, ignore_errors=True)
+        trainer.accelerator.wait_for_everyone()
+        original(str(partial), _internal_call=True)  # every rank: ZeRO-3 and FSDP gather the weights
+        if trainer.args.should_save:
+            # A PEFT save writes only the adapter: the generation config (EOS = end of turn) goes beside it.
+            trainer.accelerator.unwrap_model(trainer.model).generation_config.save_pretrained(partial)
+            move_into_place(partial, final)
+        trainer.accelerator.wait_for_everyone()
+
+    trainer.save_model = save_model
+
+
+def move_into_place(partial: Path, final: Path) -> None:
+    """Move every entry of `partial` into `final` by renames (atomic per file), then remove `partial`."""
+    for entry in sorted(partial.iterdir()):
+        target = final / entry.name
+        if entry.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+        os.replace(entry, target)
+    partial.rmdir()
 
 
 def use_our_model_card(
@@ -225,7 +268,9 @@ def write_model_card(
     from alignment.secrets import redact
 
     path = Path(output_dir) / "README.md"
-    path.write_text(redact(str(card)))  # the recipe text and command line may hold a token
+    partial = path.with_suffix(".md.partial")  # written whole, then moved: a kill never leaves half a card
+    partial.write_text(redact(str(card)))  # the recipe text and command line may hold a token
+    partial.replace(path)
     return path
 
 
