@@ -9,6 +9,7 @@ import sys
 import pytest
 import yaml
 
+from alignment.errors import RecipeError
 from alignment.recipe import parse_recipe
 from alignment.secrets import REDACTED, redact
 
@@ -75,3 +76,61 @@ def test_a_planted_token_is_in_no_file_and_no_log_of_a_run(workdir, clean_env):
             assert secret.encode() not in file.read_bytes(), file
     card = (out / "README.md").read_text()
     assert f"--hub_token {REDACTED}" in card and f"WANDB_API_KEY: {REDACTED}" in card
+
+
+def pickle_only_copy(model_dir, target, marker):
+    """`model_dir` with its weights saved as a pickle that also writes `marker` when unpickled."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    shutil.copytree(model_dir, target)
+    state = load_file(target / "model.safetensors")
+    (target / "model.safetensors").unlink()
+
+    class Payload:  # what a malicious pickle does: run code at load time
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({**state, "payload": Payload()}, target / "pytorch_model.bin")
+    return target
+
+
+def test_pickle_weights_are_refused_while_parsing_unless_allowed(workdir, tmp_path):
+    from alignment.model import load_model, load_tokenizer
+
+    marker = tmp_path / "pickle-ran"
+    model = pickle_only_copy(workdir / "data" / "tiny" / "model", tmp_path / "pickled", marker)
+    args = [str(TINY_SFT), "--model_name_or_path", str(model)]
+    with pytest.raises(RecipeError, match=r"`model_name_or_path`: .*pickled has only pickle weights "
+                       r"\(pytorch_model.bin\).*`allow_pickle_weights: true`"):  # fmt: skip
+        parse_recipe("sft", args)
+    assert not marker.exists()
+    # Opted in: transformers reads the pickle with torch's weights_only loader, which still refuses code.
+    recipe = parse_recipe("sft", [*args, "--allow_pickle_weights", "true"])
+    with pytest.raises(Exception, match="Weights only load failed|weights_only"):
+        load_model(recipe, load_tokenizer(recipe))
+    assert not marker.exists()
+
+
+def test_a_hub_model_with_only_pickle_weights_is_named_in_one_line(workdir, tmp_path, monkeypatch):
+    import transformers
+
+    from alignment.model import load_model, load_tokenizer
+
+    monkeypatch.chdir(workdir)
+    recipe = parse_recipe("sft", [str(TINY_SFT)])
+    calls = []
+
+    def hub_without_safetensors(source, **kwargs):  # what transformers raises for such a repo
+        calls.append(kwargs["use_safetensors"])
+        raise OSError(f"{source} does not appear to have a file named model.safetensors or "
+                      "model.safetensors.index.json and thus cannot be loaded with `safetensors`.")  # fmt: skip
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", hub_without_safetensors)
+    with pytest.raises(
+        RecipeError, match="has no safetensors weights, only pickle ones.*allow_pickle_weights"
+    ):
+        load_model(recipe, load_tokenizer(recipe))
+    assert calls == [True]

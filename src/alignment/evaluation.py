@@ -21,7 +21,9 @@ def load_for_eval(model_dir: str | Path) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, use_safetensors=True
+    )  # our own saves: never a pickle
     model.eval()
     return model, tokenizer
 

@@ -81,7 +81,6 @@ def load_model(recipe: Recipe, tokenizer: Any) -> Any:
     (`merged_base`), and that folder is loaded quantized.
     """
     import torch
-    from transformers import AutoModelForCausalLM
     from trl import get_quantization_config
 
     margs = recipe.model
@@ -91,6 +90,9 @@ def load_model(recipe: Recipe, tokenizer: Any) -> Any:
         "trust_remote_code": recipe.training.trust_remote_code,
         "attn_implementation": resolve_attn_implementation(margs.attn_implementation),
         "dtype": margs.dtype if margs.dtype in (None, "auto") else getattr(torch, margs.dtype),
+        # safetensors only (a pickle can run code), unless the recipe opts in; local folders are checked
+        # while parsing (recipe_checks), a Hub model here.
+        "use_safetensors": None if recipe.args.allow_pickle_weights else True,
     }
     source = margs.model_name_or_path
     if adapter_base(source) is not None and quantization is None:
@@ -105,20 +107,36 @@ def load_model(recipe: Recipe, tokenizer: Any) -> Any:
             kwargs["device_map"] = (
                 {"": PartialState().local_process_index} if torch.cuda.is_available() else {"": "cpu"}
             )
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        model = from_pretrained(source, kwargs)
     _resize(model, tokenizer)
     wire_generation_config(model, tokenizer)
     return model
 
 
+def from_pretrained(source: str, kwargs: dict[str, Any]) -> Any:
+    """`AutoModelForCausalLM.from_pretrained`, with a Hub model that has only pickle weights named in one line."""
+    from transformers import AutoModelForCausalLM
+
+    from alignment.errors import RecipeError
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as err:
+        if "cannot be loaded with `safetensors`" not in str(err):
+            raise
+        raise RecipeError(
+            f"`model_name_or_path`: {source} has no safetensors weights, only pickle ones, which can run code "
+            "when loaded; set `allow_pickle_weights: true` if you trust them"
+        ) from None
+
+
 def merge_adapter(adapter: str, tokenizer: Any, load_kwargs: dict[str, Any]) -> Any:
     """A previous stage's adapter merged into its base, loaded unquantized with `load_kwargs`: a plain model."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     config = _mergeable_adapter_config(adapter)
     logger.info(f"{adapter} is an adapter: merging it into its base {config.base_model_name_or_path}")
-    model = AutoModelForCausalLM.from_pretrained(config.base_model_name_or_path, **load_kwargs)
+    model = from_pretrained(config.base_model_name_or_path, load_kwargs)
     _resize(model, tokenizer)  # to the size the previous stage trained (and saved) its embeddings at
     merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     # PEFT froze the base when wrapping it; the merged model is trained in full or gets a fresh adapter.

@@ -96,6 +96,13 @@ class RecipeArguments:
             "recorded there (run_recipe.json) when its training values are the same, and is refused when not."
         },
     )
+    allow_pickle_weights: bool = field(
+        default=False,
+        metadata={
+            "help": "Load weights from pickle files (pytorch_model.bin, adapter_model.bin) when a model has no "
+            "safetensors. Off: a pickle can run code when it is loaded, so only safetensors are read."
+        },
+    )
     license: str | None = field(
         default=None,
         metadata={

@@ -69,6 +69,7 @@ def check_values(values: dict[str, Any], stage: str, origin: str, notes: list[st
     _check_report_to(values.get("report_to"), origin)
     _check_output_dir(values.get("output_dir"), origin)
     _check_max_positions(values, origin)
+    _check_weight_format(values, origin)
 
 
 def check_eval_data(training: Any, has_eval_data: bool, origin: str) -> None:
@@ -134,6 +135,38 @@ def _check_max_positions(values: dict[str, Any], origin: str) -> None:
             f"{origin}: `max_length` is {max_length} but {model} has max_position_embeddings {limit}; "
             f"set max_length to {limit} or less"
         )
+
+
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "adapter_model.bin")
+
+
+def _check_weight_format(values: dict[str, Any], origin: str) -> None:
+    """A local model or adapter folder with only pickle weights is refused unless `allow_pickle_weights`.
+
+    transformers and PEFT fall back to `torch.load` when a folder has no safetensors; a pickle can run
+    code. A Hub model is checked when it loads (`use_safetensors=True`, model.load_model).
+    """
+    model = values.get("model_name_or_path")
+    if not model or values.get("allow_pickle_weights"):
+        return
+    folders = [Path(str(model)).expanduser()]
+    adapter = folders[0] / "adapter_config.json"
+    if adapter.is_file():  # a previous stage's adapter: its base is read too
+        try:
+            base = json.loads(adapter.read_text()).get("base_model_name_or_path")
+        except (OSError, json.JSONDecodeError):
+            base = None
+        if base and Path(base).expanduser().is_dir():
+            folders.append(Path(base).expanduser())
+    for folder in folders:
+        if not folder.is_dir() or any(folder.glob("*.safetensors*")):
+            continue
+        pickles = [name for name in PICKLE_WEIGHTS if (folder / name).is_file()]
+        if pickles:
+            raise RecipeError(
+                f"{origin}: `model_name_or_path`: {folder} has only pickle weights ({pickles[0]}), which can run "
+                "code when loaded; convert them to safetensors, or set `allow_pickle_weights: true` if you trust them"
+            )
 
 
 def _local_config(model: str) -> dict | None:
