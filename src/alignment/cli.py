@@ -4,9 +4,11 @@
     alignment dpo RECIPE [--num_processes N] [--accelerate_config FILE] [--key value ...]
     alignment check RECIPE [--stage S] [--num_processes N] [--accelerate_config FILE] [--key value ...]
     alignment check FOLDER                       # every recipe under it, one line each
+    alignment check RECIPE --smoke               # a few real steps on CPU: tiny model, first rows
     alignment data RECIPE [--stage S] --output_dir DIR [--key value ...]   # the rows it would train on
     alignment tiny build [DIR]
     alignment demo
+    alignment rerun OUTPUT_DIR/run_manifest.json [--key value ...]   # repeat a run, its recipe as recorded
 
 `alignment sft R --accelerate_config F` is `accelerate launch --config_file F scripts/run_sft.py R`.
 Every subcommand has `--help`; recipe keys pass through as `--key value`.
@@ -74,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_launch_options(check)
     check.add_argument("--stage", choices=STAGES, help="The stage, if the recipe's folder does not say it.")
+    check.add_argument(
+        "--smoke",
+        action="store_true",
+        help="Also run the recipe's stage script for a few steps on CPU, with a tiny random model of the "
+        "same family and the first rows of each source (or rows generated in its format): catches what a "
+        "dry run cannot (a loss that needs a missing column, a template that breaks on the rows).",
+    )
+    check.add_argument("--keep", action="store_true", help="With --smoke: keep the smoke run's folder.")
     data = sub.add_parser(
         "data",
         help="Build a recipe's data without training: canonical rows, data_report.json, examples.",
@@ -100,6 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "demo", help="Build the tiny task, run SFT then DPO, print held-out numbers (CPU, ~2 min)."
     )
+    rerun = sub.add_parser(
+        "rerun",
+        help="Repeat a run from its run_manifest.json: the recorded recipe, overrides and launch.",
+        description="Run the recorded stage on the recipe as it was read (a later edit of the file changes "
+        "nothing), with the recorded overrides, then yours, on the recorded number of processes; warns "
+        "about each git commit or package version that differs. OUTPUT_DIR holds the finished run, so "
+        "without `--output_dir DIR` the rerun says `nothing to train`: pass e.g. `--output_dir runs/again`.",
+        allow_abbrev=False,
+    )
+    rerun.add_argument("manifest", help="OUTPUT_DIR/run_manifest.json of the run to repeat.")
+    rerun.add_argument(
+        "--num_processes", type=_positive, help="Processes to launch (default: the recorded world size)."
+    )
+    rerun.add_argument("--accelerate_config", metavar="FILE", help=LAUNCH_HELP["accelerate_config"])
     return parser
 
 
@@ -111,9 +135,15 @@ def run_check(options: argparse.Namespace, overrides: list[str]) -> None:
     from alignment.target import checked_target
 
     if Path(options.recipe).is_dir():
+        if options.smoke:
+            raise RecipeError("alignment check --smoke: give one recipe file, not a folder")
         failed = check_folder(options.recipe, overrides)
         raise SystemExit(1 if failed else 0)
     recipe = parse_recipe(options.stage or infer_stage(options.recipe), [options.recipe, *overrides])
+    if options.smoke:
+        from alignment.smoke import smoke_run
+
+        raise SystemExit(smoke_run(recipe, overrides, keep=options.keep))
     target = None
     if options.accelerate_config:
         target = checked_target(
@@ -149,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.print_help()
         return
     options, overrides = parser.parse_known_args(argv)
-    if options.command not in (*STAGES, "check", "data") and overrides:
+    if options.command not in (*STAGES, "check", "data", "rerun") and overrides:
         raise RecipeError(f"alignment {options.command}: unrecognized arguments: {' '.join(overrides)}")
     if options.command in STAGES:
         raise SystemExit(run_training(options, overrides))
@@ -165,6 +195,10 @@ def main(argv: list[str] | None = None) -> None:
         from alignment.tiny.build import DEFAULT_DIR, build_tiny
 
         print(f"tiny model and task written to {build_tiny(options.dir or DEFAULT_DIR)}")
+    elif options.command == "rerun":
+        from alignment.manifest import rerun
+
+        raise SystemExit(rerun(options.manifest, overrides, options.accelerate_config, options.num_processes))
     elif options.command == "demo":
         from alignment.tiny.demo import run_demo
 

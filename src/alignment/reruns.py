@@ -71,7 +71,7 @@ def begin_run(recipe: Recipe) -> RunStart:
             if main:
                 logger.warning(f"overwrite_output_dir: deleting everything in {output} to start afresh")
                 shutil.rmtree(output)
-            return _record(output, values, main, RunStart())
+            return _record(output, values, main, RunStart(), recipe)
         previous = read_run_recipe(output)
         if previous is not None:
             changed = _differences(previous.get("values", {}), values)
@@ -86,7 +86,7 @@ def begin_run(recipe: Recipe) -> RunStart:
                     "(`--overwrite_output_dir true` trains it again)"
                 )
                 return RunStart(finished=True)
-        return _record(output, values, main, RunStart(checkpoint=resume_checkpoint(training)))
+        return _record(output, values, main, RunStart(checkpoint=resume_checkpoint(training)), recipe)
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -99,9 +99,12 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _record(output: Path, values: dict[str, Any], main: bool, start: RunStart) -> RunStart:
+def _record(output: Path, values: dict[str, Any], main: bool, start: RunStart, recipe: Recipe) -> RunStart:
     if main:
+        from alignment.manifest import record_start
+
         write_run_recipe(output, values, "running")
+        record_start(recipe, start.checkpoint)  # run_manifest.json: what a later `alignment rerun` repeats
     return start
 
 

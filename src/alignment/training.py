@@ -130,6 +130,10 @@ def finish_training(
     from alignment.reruns import mark_finished, whole_run_loss
 
     output_dir = Path(trainer.args.output_dir)
+    if trainer.is_world_process_zero():
+        from alignment.manifest import record_data
+
+        record_data(recipe, datasets, data_report)  # run_manifest.json: the rows and files trained on
     metrics = dict(train_result.metrics)
     if resumed and (loss := whole_run_loss(trainer.state.log_history)) is not None:
         metrics["train_loss"] = loss  # transformers' covers only the resumed steps
