@@ -10,7 +10,7 @@ STAMP := $(VENV)/.alignment-installed
 TORCH_VERSION ?= 2.13.0
 EXTRAS ?= dev
 
-.PHONY: install demo test test-fast lint format tiny bench-data clean
+.PHONY: install demo test test-fast lint format tiny smoke bench-data clean
 
 install: $(STAMP)
 
@@ -45,6 +45,16 @@ bench-data: install
 
 tiny: install
 	$(PY) -m alignment.cli tiny build
+
+# Every recipe under recipes/ for 2 steps on CPU: tiny model of its family, first or generated rows
+# (offline unless HF_HUB_OFFLINE=0: then a Hub source's first rows are streamed). Logs in runs/smoke/.
+smoke: install
+	@test -d data/tiny || $(PY) -m alignment.cli tiny build
+	@mkdir -p runs/smoke; failed=0; for recipe in $$(find recipes -name '*.yaml' | sort); do \
+		log=runs/smoke/$$(echo $$recipe | tr / _).log; \
+		HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(PY) -m alignment.cli check $$recipe --smoke >$$log 2>&1 || failed=1; \
+		tail -n 1 $$log; \
+	done; test $$failed = 0
 
 clean:
 	rm -rf runs data/tiny .pytest_cache
