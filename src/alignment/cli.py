@@ -8,6 +8,7 @@
     alignment data RECIPE [--stage S] --output_dir DIR [--key value ...]   # the rows it would train on
     alignment tiny build [DIR]
     alignment demo
+    alignment merge ADAPTER --output_dir DIR     # a LoRA stage's adapter merged into its base
     alignment rerun OUTPUT_DIR/run_manifest.json [--key value ...]   # repeat a run, its recipe as recorded
 
 `alignment sft R --accelerate_config F` is `accelerate launch --config_file F scripts/run_sft.py R`.
@@ -110,6 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "demo", help="Build the tiny task, run SFT then DPO, print held-out numbers (CPU, ~2 min)."
     )
+    merge = sub.add_parser(
+        "merge",
+        help="Merge a LoRA/DoRA adapter into its base (scripts/merge_lora.py): a standalone model.",
+        description="Load the adapter's base (resized to the adapter's tokenizer), merge the adapter, and save "
+        "safetensors with the tokenizer and generation config to --output_dir, written whole.",
+        allow_abbrev=False,
+    )
+    from alignment.merge import add_merge_arguments
+
+    add_merge_arguments(merge)
     rerun = sub.add_parser(
         "rerun",
         help="Repeat a run from its run_manifest.json: the recorded recipe, overrides and launch.",
@@ -195,6 +206,10 @@ def main(argv: list[str] | None = None) -> None:
         from alignment.tiny.build import DEFAULT_DIR, build_tiny
 
         print(f"tiny model and task written to {build_tiny(options.dir or DEFAULT_DIR)}")
+    elif options.command == "merge":
+        from alignment.merge import run_merge
+
+        run_merge(options)
     elif options.command == "rerun":
         from alignment.manifest import rerun
 
