@@ -94,13 +94,13 @@ def test_check_refuses_a_precision_mismatch_with_the_accelerate_config(tmp_path)
     assert done.returncode == 2 and "mixed_precision: bf16" in done.stderr  # refused before launching
 
 
-def test_check_is_quiet_apart_from_the_plan():
+def test_check_is_quiet_apart_from_the_plan(workdir):
     """No FutureWarning about our keys, no DeepSpeed or wandb notices: stderr carries only what we mean."""
     import os
 
     env = {**os.environ, "WANDB_MODE": "offline"}
-    done = subprocess.run([sys.executable, "-m", "alignment.cli", "check", "recipes/tiny/sft/config.yaml"],
-                          capture_output=True, text=True, cwd=REPO, env=env)  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "alignment.cli", "check", str(REPO / "recipes/tiny/sft/config.yaml")],
+                          capture_output=True, text=True, cwd=workdir, env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr
     for noise in (
         "FutureWarning",

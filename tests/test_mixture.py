@@ -117,6 +117,16 @@ def test_test_split_is_each_sources_test_file_and_never_in_train(tmp_path):
     assert all("-train-" in t for t in train)
 
 
+def test_a_training_split_emptied_by_curation_is_refused_saying_where_the_rows_went(tmp_path):
+    rows = numbered(6, "same-")  # the eval file holds the very same rows: every training row is contaminated
+    write_jsonl(tmp_path / "a" / "train.jsonl", rows)
+    write_jsonl(tmp_path / "a" / "test.jsonl", rows)
+    with pytest.raises(
+        RecipeError, match=r"no train rows left of 6 read \(invalid 0, duplicates 0, decontaminated 6\)"
+    ):
+        mix({"datasets": [{"id": str(tmp_path / "a")}], "test_split": "test"})
+
+
 def test_weight_subsamples_train_but_the_test_split_stays_whole(tmp_path):
     a = split_folder(tmp_path / "a", "a", 40, 6)
     out = mix({"datasets": [{"id": str(a), "weight": 0.25}], "test_split": "test"})

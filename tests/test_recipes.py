@@ -41,7 +41,9 @@ def test_recipes_are_found():
 
 
 @pytest.mark.parametrize("path", RECIPE_FILES, ids=[rel(p) for p in RECIPE_FILES])
-def test_recipe_dry_runs(path):
+def test_recipe_dry_runs(path, request, monkeypatch):
+    if "tiny" in path.parts:  # its data is local: the dry run reads its first rows, so build it first
+        monkeypatch.chdir(request.getfixturevalue("workdir"))
     stage = infer_stage(str(path))
     assert stage == path.parent.name
     recipe = parse_recipe(stage, [str(path)])

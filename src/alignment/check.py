@@ -1,4 +1,7 @@
-"""Dry runs: validate a recipe and print what it would do, without downloading or loading anything.
+"""Dry runs: validate a recipe and print what it would do, without downloading or loading a model.
+
+Local data is read to its first rows (data/probe.py) and local model folders are looked into; Hub
+models and datasets are not fetched.
 
 The plan describes the run on its target (the accelerate config's processes and precision, bf16 as the
 recipe says); what this machine would change to run it here is listed apart, under `on_this_machine`.
@@ -48,7 +51,16 @@ def default_target(recipe: Recipe, processes: int | None = None) -> LaunchTarget
 
 
 def plan(recipe: Recipe, processes: int | None = None, target: LaunchTarget | None = None) -> dict[str, Any]:
-    """The dry-run summary on `target` (default: `processes`, else the launcher's world size)."""
+    """The dry-run summary on `target` (default: `processes`, else the launcher's world size).
+
+    Before it is built, everything that needs no weights is checked: local model folders
+    (`probe_model_folders`) and the first rows of every local data split (data/probe.py). A fault
+    raises the run's own RecipeError; what was not checked (Hub datasets, a folder an earlier stage
+    will write) is a note.
+    """
+    from alignment.data.probe import probe_mixture
+
+    probed = probe_model_folders(recipe) + probe_mixture(recipe.mixture, recipe.stage)
     t = recipe.training
     target = target or default_target(recipe, processes)
     world = target.processes
@@ -83,10 +95,50 @@ def plan(recipe: Recipe, processes: int | None = None, target: LaunchTarget | No
         ]
         + ([f"eval: split {recipe.mixture.test_split} of each source"] if recipe.mixture.test_split else []),
         "output_dir": t.output_dir,
-        "notes": [n for n in recipe.notes if n not in recipe.device_notes],
+        "notes": [n for n in recipe.notes if n not in recipe.device_notes] + probed,
         "on_this_machine": recipe.device_notes,
         "resolved": resolved_values(recipe),
     }
+
+
+MODEL_FILES = ("config.json", "adapter_config.json")  # a full model, or a PEFT adapter over its base
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
+
+
+def probe_model_folders(recipe: Recipe) -> list[str]:
+    """Check the local model and tokenizer folders a recipe names, loading nothing; return notes.
+
+    A folder that exists must hold a model (config.json or adapter_config.json) and, unless
+    `tokenizer_name_or_path` is set, a tokenizer. One that does not exist yet is only a note: in a
+    pipeline a later stage names the folder an earlier stage writes (recipes/tiny/dpo reads runs/tiny/sft).
+    The run itself refuses a missing folder (model.missing_model_folder).
+    """
+    from alignment.data.sources import is_local
+
+    model, tokenizer = recipe.model.model_name_or_path, recipe.args.tokenizer_name_or_path
+    # (key, folder, the kinds of files it must hold)
+    folders = [("model_name_or_path", model, [MODEL_FILES] + ([] if tokenizer else [TOKENIZER_FILES]))]
+    if tokenizer:
+        folders.append(("tokenizer_name_or_path", tokenizer, [TOKENIZER_FILES]))
+    notes = []
+    for key, source, needs in folders:
+        path = Path(source).expanduser()
+        if not is_local(source):
+            continue
+        if not path.exists():
+            notes.append(f"{key}: {source} does not exist yet (an earlier stage writes it?)")
+            continue
+        if not path.is_dir():
+            raise RecipeError(f"`{key}`: {source} is a file; give a model folder or a Hub id")
+        for names in needs:
+            if not any((path / name).is_file() for name in names):
+                fix = (
+                    "not a saved model or adapter"
+                    if names is MODEL_FILES
+                    else "save the tokenizer there or set `tokenizer_name_or_path`"
+                )
+                raise RecipeError(f"`{key}`: {source} has no {' or '.join(names)} ({fix})")
+    return notes
 
 
 def check_folder(folder: str, overrides: list[str] | None = None) -> list[str]:
@@ -103,7 +155,8 @@ def check_folder(folder: str, overrides: list[str] | None = None) -> list[str]:
         saved = dict(os.environ)  # a recipe's `env:` block must not leak into the next one
         try:
             recipe = parse_recipe(infer_stage(str(path)), [str(path), *(overrides or [])])
-            print(f"ok     {path}  ({recipe.stage}, {recipe.precision}, {len(recipe.notes)} notes)")
+            notes = plan(recipe)["notes"]  # the same checks as one recipe's dry run
+            print(f"ok     {path}  ({recipe.stage}, {recipe.precision}, {len(notes)} notes)")
         except RecipeError as err:
             failed.append(str(path))
             print(f"error  {err}")  # the message starts with the file

@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_launch_options(stage_parser)
     check = sub.add_parser(
         "check",
-        help="Validate a recipe and print its plan as YAML, on the launch it is meant for. Loads nothing.",
+        help="Validate a recipe (and the first rows of its local data) and print its plan as YAML, on the "
+        "launch it is meant for. Loads no model.",
         description="Dry run: the resolved recipe, global batch size and precision on the target launch "
         "(--num_processes / --accelerate_config); what this machine would change is listed apart.",
         allow_abbrev=False,

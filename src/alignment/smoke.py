@@ -180,11 +180,11 @@ def source_rows(
     source: DatasetSource, split: str, stage: str, notes: list[str], start: int = 0
 ) -> list[dict]:
     """The first rows of `split` of a local source, or of a reachable Hub one; else rows generated to its shape."""
-    from alignment.data.sources import is_local, read_source
+    from alignment.data.probe import read_head
+    from alignment.data.sources import is_local
 
     if is_local(source.id):
-        rows = read_source(source, split)
-        return [rows[i] for i in range(min(SMOKE_ROWS, len(rows)))]
+        return read_head(source, split, SMOKE_ROWS).rows  # only the first rows are read, as a dry run does
     first = hub_rows(source, split)
     if first is not None:
         notes.append(f"{source.label} [{split}]: its first {len(first)} rows, streamed from the Hub")

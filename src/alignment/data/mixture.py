@@ -174,21 +174,31 @@ def load_source(source: DatasetSource, split: str) -> Dataset:
     rows = read_source(source, split)
     if len(rows) == 0:
         raise RecipeError(f"dataset {source.label} [{split}]: no rows")
-    columns = source.columns
-    if columns is None:
+    if source.columns is None:
         return rows
-    wanted = list(columns.values()) if isinstance(columns, dict) else columns
-    missing = [c for c in wanted if c not in rows.column_names]
-    if missing:
-        raise RecipeError(
-            f"dataset {source.label}: no column {missing[0]!r} (has {', '.join(rows.column_names)})"
-        )
-    if isinstance(columns, list):
-        return rows.select_columns(columns)
-    renames = {file_name: ours for ours, file_name in columns.items() if file_name != ours}
-    clashes = [ours for ours in renames.values() if ours in rows.column_names and ours not in renames]
-    rows = rows.remove_columns(clashes)  # the mapping says which column plays this part; the other goes
+    kept, renames = column_plan(source, rows.column_names)
+    if isinstance(source.columns, list):
+        return rows.select_columns(kept)
+    rows = rows.remove_columns([c for c in rows.column_names if c not in kept])
     return rows.rename_columns(renames)
+
+
+def column_plan(source: DatasetSource, names: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(the file's columns kept, {file's name: ours}) for the source's `columns`; raises naming a missing one.
+
+    A list keeps those columns; a mapping renames, and drops a column that already has one of our names
+    (the mapping says which column plays that part).
+    """
+    columns = source.columns or list(names)
+    wanted = list(columns.values()) if isinstance(columns, dict) else columns
+    missing = [c for c in wanted if c not in names]
+    if missing:
+        raise RecipeError(f"dataset {source.label}: no column {missing[0]!r} (has {', '.join(names)})")
+    if isinstance(columns, list):
+        return list(columns), {}
+    renames = {file_name: ours for ours, file_name in columns.items() if file_name != ours}
+    clashes = [ours for ours in renames.values() if ours in names and ours not in renames]
+    return [c for c in names if c not in clashes], renames
 
 
 def _convert(
@@ -233,20 +243,28 @@ def _drop_invalid(rows: Dataset, source: DatasetSource, split: str, report: Sour
     bad = [i for i, reason in enumerate(reasons) if reason]
     report.invalid = dict(Counter(reasons[i] for i in bad))
     if bad and source.on_invalid == "error":
-        # file:row for a whole file (row = line of a JSON Lines file); a slice's rows count from its start.
-        where = (
-            (lambda i: f"{source.id}:{i + 1}")
-            if "[" not in split
-            else (lambda i: f"{source.id} [{split}] row {i + 1}")
-        )
-        first = "; ".join(f"{where(i)}: {reasons[i]}" for i in bad[:3])
-        raise RecipeError(
-            f"dataset {source.label} [{split}]: {len(bad)} invalid row(s) of {len(rows)}: {first}"
-            f"{' ...' if len(bad) > 3 else ''} (fix them, or set `on_invalid: drop` on this source to drop and count them)"
-        )
+        raise RecipeError(invalid_rows_message(source, split, reasons, str(len(rows))))
     if bad:
         rows = rows.select([i for i, reason in enumerate(reasons) if not reason])
     return rows.remove_columns("invalid")
+
+
+def invalid_rows_message(source: DatasetSource, split: str, reasons: list[str], of: str) -> str:
+    """`dataset X [split]: N invalid row(s) of {of}: file:row: reason; ...`, the first three named.
+
+    file:row for a whole file (row = line of a JSON Lines file); a slice's rows count from its start.
+    """
+    bad = [i for i, reason in enumerate(reasons) if reason]
+    where = (
+        (lambda i: f"{source.id}:{i + 1}")
+        if "[" not in split
+        else (lambda i: f"{source.id} [{split}] row {i + 1}")
+    )
+    first = "; ".join(f"{where(i)}: {reasons[i]}" for i in bad[:3])
+    return (
+        f"dataset {source.label} [{split}]: {len(bad)} invalid row(s) of {of}: {first}"
+        f"{' ...' if len(bad) > 3 else ''} (fix them, or set `on_invalid: drop` on this source to drop and count them)"
+    )
 
 
 def _curate(rows: Dataset, stage: str, mode: str, seen: Any, num_proc: int | None) -> tuple[Dataset, int]:
@@ -387,6 +405,7 @@ def build_mixture(
         reports.append(report)
 
     train = _concatenate(train_parts, mixture.datasets, "train")
+    _require_rows(train, "train", reports)
     if mixture.test_split_size is not None:
         split = train.train_test_split(test_size=mixture.test_split_size, seed=mixture.seed)
         logger.info(
@@ -400,7 +419,23 @@ def build_mixture(
     out = {"train": train}
     if test_parts:
         out["test"] = _concatenate(test_parts, mixture.datasets, "test")
+        _require_rows(out["test"], "test", reports)
     return datasets.DatasetDict(out), reports, notes
+
+
+def _require_rows(rows: Dataset, role: str, reports: list[SourceReport]) -> None:
+    """A split left with no rows after curation is refused, with where its rows went (not a late KeyError)."""
+    if len(rows):
+        return
+    mine = [r for r in reports if r.role == role]
+    read = sum(r.rows_read for r in mine)
+    invalid = sum(sum(r.invalid.values()) for r in mine)
+    duplicates = sum(r.duplicates for r in mine)
+    contaminated = sum(r.decontaminated for r in mine)
+    raise RecipeError(
+        f"dataset_mixture: no {role} rows left of {read} read (invalid {invalid}, duplicates {duplicates}, "
+        f"decontaminated {contaminated}); check `on_invalid`, `dedup` and `decontaminate`"
+    )
 
 
 def _prepare_source(

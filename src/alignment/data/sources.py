@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob as globbing
 import json
 import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,39 +78,69 @@ def split_name(split: str) -> str:
 def read_source(source: DatasetSource, split: str) -> Dataset:
     """The rows of one split (sliced as asked) of one source, or a one-line error naming what is wrong."""
     name = split_name(split)
+    files = split_files(source, name)
+    if files:
+        return _slice(_read_files(source.id, files), split, source.id)
+    if is_saved_dataset(source.id):
+        return _slice(load_saved(source, name), split, source.id)
+    return _read_hub(source, split)
+
+
+def split_files(source: DatasetSource, name: str) -> list[Path]:
+    """The local files of split `name` of `source`, of one supported type; [] for a saved dataset or the Hub.
+
+    A file or a glob holds only `train`; a folder's files belong to the split their name starts with
+    (`train.jsonl`, `train-00001.jsonl`). The dry run (data/probe.py) reads the same files as the run.
+    """
     if any(c in source.id for c in "*?["):
-        return _slice(_read_files(source.id, _expand_glob(source.id), name), split, source.id)
+        return _train_only(source.id, _expand_glob(source.id), name)
     path = Path(source.id).expanduser()
     if is_local(source.id) and not path.exists():
-        raise RecipeError(f"dataset not found: {source.id} (a local path; build it or fix `id`)")
+        raise RecipeError(f"dataset not found: {source.id} (a local path; {_how_to_build(source.id)})")
     if path.is_file():
-        return _slice(_read_files(source.id, [path], name), split, source.id)
-    if path.is_dir() and (path / "dataset_dict.json").exists():
-        import datasets
+        return _train_only(source.id, [path], name)
+    if not path.is_dir() or is_saved_dataset(source.id) or source.data_files is not None:
+        return []
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in FILE_BUILDERS)
+    if not files:
+        raise RecipeError(
+            f"dataset folder {source.id} has no data files ({', '.join(FILE_BUILDERS)}) "
+            "and is no saved dataset"
+        )
+    by_split = [p for p in files if p.stem == name or p.stem.startswith(f"{name}-")]
+    if not by_split:
+        stems = sorted({p.stem.split("-")[0] for p in files})
+        raise RecipeError(f"dataset {source.id} has no split {name!r} (files: {', '.join(stems)})")
+    return by_split
 
+
+def _how_to_build(source_id: str) -> str:
+    from alignment.tiny.build import DEFAULT_DIR
+
+    if Path(source_id).is_relative_to(DEFAULT_DIR):  # the embedded default's data: one command writes it
+        return f"`alignment tiny build` writes {DEFAULT_DIR}"
+    return "build it or fix `id`"
+
+
+def is_saved_dataset(source_id: str) -> bool:
+    """A folder written by `save_to_disk`: a DatasetDict (dataset_dict.json) or one split (state.json)."""
+    path = Path(source_id).expanduser()
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+
+
+def load_saved(source: DatasetSource, name: str) -> Dataset:
+    """Split `name` of a saved dataset folder, memory-mapped (reading its first rows costs nothing more)."""
+    import datasets
+
+    path = Path(source.id).expanduser()
+    if (path / "dataset_dict.json").is_file():
         saved = datasets.load_from_disk(str(path))
         if name not in saved:
             raise RecipeError(f"dataset {source.id} has no split {name!r} (has {', '.join(saved)})")
-        return _slice(saved[name], split, source.id)
-    if path.is_dir() and (path / "state.json").exists():
-        import datasets
-
-        if name != "train":
-            raise RecipeError(f"dataset {source.id} is a single saved split; it has no split {name!r}")
-        return _slice(datasets.load_from_disk(str(path)), split, source.id)
-    if path.is_dir() and source.data_files is None:
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in FILE_BUILDERS)
-        if not files:
-            raise RecipeError(
-                f"dataset folder {source.id} has no data files ({', '.join(FILE_BUILDERS)}) "
-                "and is no saved dataset"
-            )
-        by_split = [p for p in files if p.stem == name or p.stem.startswith(f"{name}-")]
-        if not by_split:
-            stems = sorted({p.stem.split("-")[0] for p in files})
-            raise RecipeError(f"dataset {source.id} has no split {name!r} (files: {', '.join(stems)})")
-        return _slice(_read_files(source.id, by_split, None), split, source.id)
-    return _read_hub(source, split)
+        return saved[name]
+    if name != "train":
+        raise RecipeError(f"dataset {source.id} is a single saved split; it has no split {name!r}")
+    return datasets.load_from_disk(str(path))
 
 
 def _expand_glob(pattern: str) -> list[Path]:
@@ -125,20 +156,25 @@ def _expand_glob(pattern: str) -> list[Path]:
     return files
 
 
-def _read_files(label: str, files: list[Path], name: str | None) -> Dataset:
-    """Local files of one type, through the matching `datasets` builder; checked first for a clear error."""
-    import datasets
-
+def _train_only(label: str, files: list[Path], name: str) -> list[Path]:
+    """The files of a file or glob source, which hold only a `train` split, of a type `datasets` reads."""
     suffix = files[0].suffix
     if suffix not in FILE_BUILDERS:
         raise RecipeError(
             f"dataset file {files[0]}: unsupported type {suffix or '(none)'}; use one of {', '.join(FILE_BUILDERS)}"
         )
-    if name not in ("train", None):  # None: the files of one split of a folder
+    if name != "train":
         raise RecipeError(f"dataset file {label} has only a `train` split, not {name!r}")
+    return files
+
+
+def _read_files(label: str, files: list[Path]) -> Dataset:
+    """Local files of one type, through the matching `datasets` builder; checked first for a clear error."""
+    import datasets
+
     for file in files:
         check_file(file)
-    builder, options = FILE_BUILDERS[suffix]
+    builder, options = FILE_BUILDERS[files[0].suffix]
     try:
         return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", **options)
     except Exception as err:  # datasets wraps parser errors; find the file and line ourselves
@@ -156,8 +192,7 @@ def check_file(file: Path) -> None:
     An empty file has no rows; invalid UTF-8 in a JSON file is read by pyarrow with no error (the
     bytes become U+FFFD), so the text would silently differ from the file.
     """
-    if file.stat().st_size == 0:
-        raise RecipeError(f"{file}: the file is empty")
+    check_not_empty(file)
     if file.suffix not in TEXT_SUFFIXES:
         return
     import codecs
@@ -169,13 +204,24 @@ def check_file(file: Path) -> None:
             try:
                 decoder.decode(chunk)
             except UnicodeDecodeError as err:
-                line = lines + chunk[: err.start].count(b"\n")
-                raise RecipeError(f"{file}:{line}: not valid UTF-8; re-save the file as UTF-8") from None
+                raise not_utf8(file, lines + chunk[: err.start].count(b"\n")) from None
             lines += chunk.count(b"\n")
         try:
             decoder.decode(b"", final=True)
         except UnicodeDecodeError:
-            raise RecipeError(f"{file}:{lines}: not valid UTF-8 (cut inside a character)") from None
+            raise not_utf8(file, lines, cut=True) from None
+
+
+def check_not_empty(file: Path) -> None:
+    if file.stat().st_size == 0:
+        raise RecipeError(f"{file}: the file is empty")
+
+
+def not_utf8(file: Path, line: int, cut: bool = False) -> RecipeError:
+    """The error for line `line` of `file` that is not UTF-8 (`cut`: the file ends inside a character)."""
+    if cut:
+        return RecipeError(f"{file}:{line}: not valid UTF-8 (cut inside a character)")
+    return RecipeError(f"{file}:{line}: not valid UTF-8; re-save the file as UTF-8")
 
 
 def diagnose_file(file: Path) -> None:
@@ -190,19 +236,10 @@ def diagnose_file(file: Path) -> None:
         ) from None
     if not text.strip():
         raise RecipeError(f"{file}: the file has no rows (only whitespace)")
-    if file.suffix == ".jsonl" or (file.suffix == ".json" and not text.lstrip().startswith("[")):
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise RecipeError(
-                    f"{file}:{number}: not valid JSON ({err.msg}, column {err.colno})"
-                ) from None
-            if not isinstance(row, dict):
-                raise RecipeError(f"{file}:{number}: a row must be a JSON object, got {type(row).__name__}")
-    elif file.suffix == ".json":
+    if file.suffix in (".json", ".jsonl") and not text.lstrip().startswith("["):
+        for _ in json_rows(file, enumerate((line + "\n" for line in text.split("\n")), start=1)):
+            pass
+    elif file.suffix in (".json", ".jsonl"):  # a JSON array, whatever the suffix (as `datasets` reads it)
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as err:
@@ -210,6 +247,93 @@ def diagnose_file(file: Path) -> None:
         bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
         if bad is not None:
             raise RecipeError(f"{file}: row {bad + 1} of the JSON list is not an object")
+    elif file.suffix in (".csv", ".tsv"):
+        read_csv(file, text.splitlines(keepends=True))
+
+
+def json_rows(file: Path, lines: Iterable[tuple[int, str]]) -> Iterator[dict]:
+    """The rows of a JSON Lines file from its (number, line) pairs, lines with their newline.
+
+    As `datasets` reads them: blank lines skipped, an object spanning lines (pretty-printed) joined.
+    A line that starts no readable object is refused naming it (`parse_json_line`).
+    """
+    lines = iter(lines)
+    for number, line in lines:
+        if not line.strip():
+            continue
+        text = line
+        while True:
+            try:
+                row = json.loads(text)
+                break
+            except json.JSONDecodeError as err:
+                cut_at_line_end = err.pos >= len(text.rstrip())
+                following = next(lines, None) if cut_at_line_end else None
+                if following is None:  # the line alone is no JSON either: name it
+                    parse_json_line(file, number, line.rstrip("\r\n"))
+                    raise
+                text += following[1]
+        yield row if isinstance(row, dict) else parse_json_line(file, number, json.dumps(row))
+
+
+def parse_json_line(file: Path, number: int, line: str) -> dict | None:
+    """The row on line `number` of a JSON Lines file (None when blank: `datasets` skips it), or its error."""
+    if not line.strip():
+        return None
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise RecipeError(f"{file}:{number}: not valid JSON ({err.msg}, column {err.colno})") from None
+    if not isinstance(row, dict):
+        raise RecipeError(f"{file}:{number}: a row must be a JSON object, got {type(row).__name__}")
+    return row
+
+
+def read_csv(file: Path, lines: Iterable[str], limit: int | None = None) -> tuple[list[str], list[dict]]:
+    """The header and (the first `limit`) rows of a csv/tsv file, as pandas reads them for `datasets`.
+
+    An empty field is None (pandas' NaN); a column of integers, floats or True/False holds numbers or
+    bools (pandas' inference, here over the rows read); a record with more fields than the header is
+    refused naming its line (pandas' "Error tokenizing data" names neither the file nor, through
+    `datasets`, the line).
+    """
+    import csv
+
+    reader = csv.reader(lines, delimiter=FILE_BUILDERS[file.suffix][1].get("sep", ","))
+    header = next(reader, [])
+    rows = []
+    for record in reader:
+        if limit is not None and len(rows) >= limit:
+            break
+        if len(record) > len(header):
+            raise RecipeError(
+                f"{file}:{reader.line_num}: {len(record)} fields, but the header has {len(header)}"
+            )
+        if record:  # pandas skips blank lines
+            rows.append({c: (v if v != "" else None) for c, v in zip(header, record, strict=False)})
+    for column in header:
+        convert = _pandas_type([row.get(column) for row in rows if row.get(column) is not None])
+        for row in rows:
+            if row.get(column) is not None:
+                row[column] = convert(row[column])
+    return header, rows
+
+
+def _pandas_type(values: list[str]) -> Callable[[str], Any]:
+    """How pandas' read_csv types a column of these values: bool, int, float, else the text itself."""
+    if not values:
+        return str
+    if all(v in ("True", "False", "TRUE", "FALSE", "true", "false") for v in values):
+        return lambda v: v.lower() == "true"
+    return next((kind for kind in (int, float) if all(_parses_as(kind, v) for v in values)), str)
+
+
+def _parses_as(kind: type, value: str) -> bool:
+    try:
+        kind(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _read_hub(source: DatasetSource, split: str) -> Dataset:
@@ -229,18 +353,30 @@ def _read_hub(source: DatasetSource, split: str) -> Dataset:
 
 def _slice(rows: Dataset, split: str, label: str) -> Dataset:
     """Apply `[a:b]` / `[:10%]` of `split` to already-read rows (datasets does it only inside load_dataset)."""
+    if "[" not in split:
+        return rows
+    start, end = slice_bounds(split, len(rows), label)
+    return rows.select(range(start, end))
+
+
+def slice_bounds(split: str, total: int, label: str) -> tuple[int, int]:
+    """Rows [start, end) of a split of `total` rows that `split` selects; a slice that selects none is refused."""
     spec = split.replace(" ", "")
     if "[" not in spec:
-        return rows
+        return 0, total
     from datasets import ReadInstruction
 
     name = split_name(spec)
     try:
         instruction = ReadInstruction.from_spec(spec)
-        (absolute,) = instruction.to_absolute({name: len(rows)})
+        (absolute,) = instruction.to_absolute({name: total})
     except (ValueError, AssertionError) as err:
         raise RecipeError(f"dataset {label}: bad split slice {split!r} ({_first_line(err)})") from None
-    return rows.select(range(absolute.from_, absolute.to))
+    if absolute.from_ >= absolute.to:
+        raise RecipeError(
+            f"dataset {label}: split slice {split!r} selects no rows (split {name!r} has {total})"
+        )
+    return absolute.from_, absolute.to
 
 
 def _first_line(err: BaseException) -> str:

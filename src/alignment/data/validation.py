@@ -179,6 +179,10 @@ def _check_tool_calls(calls: Any) -> None:
             raise _Malformed()
         if not isinstance(function.get("arguments"), str):
             raise _Malformed()
+        try:  # the OpenAI API's arguments are a JSON string; a model trained on broken ones emits broken calls
+            json.loads(function["arguments"])
+        except ValueError:
+            raise _Malformed() from None
 
 
 def _check_tools(row: dict) -> None:
