@@ -104,7 +104,7 @@ def smoke_run(recipe: Recipe, argv_overrides: list[str], keep: bool = False) -> 
     status = run_script_here(recipe.stage, [str(smoke_recipe), *overrides])
     if status == 0:
         summary = smoke_summary(folder / "out")
-        print(f"smoke run of {recipe.path}: ok ({summary}; {len(setup.notes)} substitutions noted above)")
+        print(f"smoke run of {recipe.path}: ok ({summary}; {len(setup.notes)} substitution(s) noted above)")
         if not keep:
             shutil.rmtree(folder, ignore_errors=True)
     else:
