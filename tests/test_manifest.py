@@ -23,8 +23,8 @@ from alignment.manifest import (
     git_state,
     package_versions,
     record_start,
-    scrub_overrides,
 )
+from alignment.recipe import drop_options
 from alignment.secrets import REDACTED
 
 from .conftest import QUICK, TINY_SFT, run_script
@@ -97,9 +97,15 @@ def test_no_planted_credential_reaches_the_manifest(workdir, clean_env):
 
 
 def test_hub_token_is_dropped_from_overrides_in_both_spellings():
-    assert scrub_overrides(["--hub_token", "x" * 12, "--seed", "1"]) == (["--seed", "1"], ["--hub_token"])
-    assert scrub_overrides(["--hub_token=" + "x" * 12, "--seed", "1"]) == (["--seed", "1"], ["--hub_token"])
-    assert scrub_overrides(["--seed", "1"]) == (["--seed", "1"], [])
+    assert drop_options(["--hub_token", "x" * 12, "--seed", "1"], ("hub_token",)) == (
+        ["--seed", "1"],
+        ["--hub_token"],
+    )
+    assert drop_options(["--hub_token=" + "x" * 12, "--seed", "1"], ("hub_token",)) == (
+        ["--seed", "1"],
+        ["--hub_token"],
+    )
+    assert drop_options(["--seed", "1"], ("hub_token",)) == (["--seed", "1"], [])
 
 
 def test_git_commit_and_dirty_flag_of_the_recipe_repository(repo, tmp_path, monkeypatch):

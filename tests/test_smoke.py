@@ -12,7 +12,8 @@ import pytest
 
 from alignment.data.formats import canonical_features, convert_batch
 from alignment.data.validation import validate_row
-from alignment.smoke import generate_rows, prepare_smoke, shrunk_config, strip_keys
+from alignment.recipe import drop_options
+from alignment.smoke import generate_rows, model_config, prepare_smoke, shrunk_config
 
 from .conftest import RECIPES, TINY_SFT
 
@@ -49,17 +50,14 @@ def check(recipe: Path | str, *args: str, cwd: Path) -> subprocess.CompletedProc
     )
 
 
-def test_a_family_config_is_shrunk_keeping_its_architecture(tmp_path, workdir, monkeypatch):
+def test_a_family_config_is_shrunk_keeping_its_architecture(tmp_path):
     from transformers import AutoModelForCausalLM
-
-    from alignment.recipe import parse_recipe
 
     (tmp_path / "qwen").mkdir()
     (tmp_path / "qwen" / "config.json").write_text(json.dumps(QWEN2_CONFIG))
-    monkeypatch.chdir(workdir)
-    recipe = parse_recipe("sft", [str(TINY_SFT), "--model_name_or_path", str(tmp_path / "qwen")])
     notes: list[str] = []
-    config = shrunk_config(str(tmp_path / "qwen"), vocab=300, positions=64, recipe=recipe, notes=notes)
+    raw, source = model_config(str(tmp_path / "qwen"), notes)
+    config = shrunk_config(raw, source, vocab=300, positions=64, notes=notes)
     assert (config.model_type, config.num_hidden_layers, config.hidden_size) == ("qwen2", 2, 64)
     assert (config.num_attention_heads, config.num_key_value_heads, config.vocab_size) == (4, 2, 300)
     assert config.layer_types == ["full_attention"] * 2
@@ -132,9 +130,9 @@ def test_local_sources_give_their_first_rows_and_hub_ones_generated_rows(workdir
     assert (tmp_path / "smoke" / "model" / "config.json").is_file()
 
 
-def test_strip_keys_removes_the_replaced_keys_in_both_spellings():
+def test_drop_options_removes_the_replaced_keys_in_both_spellings():
     argv = ["--model_name_or_path", "m", "--learning_rate", "1e-5", "--dataset_mixture={}", "--seed", "3"]
-    assert strip_keys(argv, ("model_name_or_path", "dataset_mixture")) == [
+    assert drop_options(argv, ("model_name_or_path", "dataset_mixture"))[0] == [
         "--learning_rate",
         "1e-5",
         "--seed",

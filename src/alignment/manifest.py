@@ -84,9 +84,10 @@ def record_data(recipe: Recipe, datasets: Any, data_report: DataReport | None = 
 def start_manifest(recipe: Recipe, resumed_from: str | None = None) -> dict[str, Any]:
     """Everything known when a run starts: recipe, command, code, seeds, machine."""
     from alignment.check import resolved_values
+    from alignment.recipe import drop_options
 
     mapping, removed = recorded_recipe(recipe.path)
-    overrides, dropped = scrub_overrides(recipe.cli_overrides)
+    overrides, dropped = drop_options(recipe.cli_overrides, ("hub_token",))
     return {
         "stage": recipe.stage,
         "recipe_path": recipe.path,
@@ -168,23 +169,6 @@ def recorded_recipe(path: str | None) -> tuple[dict[str, Any], list[str]]:
     if kept:
         mapping["env"] = kept
     return json.loads(json.dumps(mapping, default=str)), removed
-
-
-def scrub_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
-    """`overrides` without `--hub_token VALUE` / `--hub_token=VALUE`; and `["--hub_token"]` if one was dropped."""
-    out, dropped, skip = [], [], False
-    for i, arg in enumerate(overrides):
-        if skip:
-            skip = False
-            continue
-        if arg == "--hub_token":
-            dropped = ["--hub_token"]
-            skip = i + 1 < len(overrides) and not overrides[i + 1].startswith("--")
-        elif arg.startswith("--hub_token="):
-            dropped = ["--hub_token"]
-        else:
-            out.append(arg)
-    return out, dropped
 
 
 def command_record() -> dict[str, Any]:

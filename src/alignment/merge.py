@@ -60,7 +60,9 @@ def merge_lora(
 
 def check_merge(adapter: str, output_dir: str, dtype: str, allow_pickle_weights: bool) -> str:
     """The adapter's base, after every check that needs no weights; a RecipeError names what is wrong."""
+    from alignment.data.sources import is_local
     from alignment.model import adapter_base
+    from alignment.recipe_checks import pickle_only_weights
 
     folder = Path(adapter)
     if not folder.is_dir():
@@ -74,14 +76,12 @@ def check_merge(adapter: str, output_dir: str, dtype: str, allow_pickle_weights:
         raise RecipeError(f"--output_dir {output_dir} is the adapter or base folder; give a new folder")
     if Path(output_dir).is_file():
         raise RecipeError(f"--output_dir {output_dir} is a file; give a folder")
-    if not allow_pickle_weights:
-        pickles = [p.name for p in (folder / "adapter_model.bin",) if p.is_file()]
-        if pickles and not (folder / "adapter_model.safetensors").is_file():
-            raise RecipeError(
-                f"adapter: {adapter} has only pickle weights ({pickles[0]}), which can run code when loaded; "
-                "pass --allow_pickle_weights if you trust them"
-            )
-    if Path(base).is_dir() is False and (base.startswith((".", "/")) or base.count("/") > 1):
+    if not allow_pickle_weights and (pickle := pickle_only_weights(folder)):
+        raise RecipeError(
+            f"adapter: {adapter} has only pickle weights ({pickle}), which can run code when loaded; "
+            "pass --allow_pickle_weights if you trust them"
+        )
+    if is_local(base) and not Path(base).expanduser().is_dir():
         raise RecipeError(f"adapter: its base {base} (base_model_name_or_path) is not there")
     return base
 

@@ -196,16 +196,10 @@ def merged_base(recipe: Recipe, tokenizer: Any, load_kwargs: dict[str, Any]) -> 
 
 def _merge_stamp(adapter: str, dtype: Any, vocab: int) -> dict[str, Any]:
     """What a merged base was built from: the adapter's files by content, the dtype and the vocabulary size."""
-    import hashlib
+    from alignment.manifest import file_digest
 
     files = sorted(p for p in Path(adapter).glob("adapter_*") if p.is_file())
-    digests = {}
-    for path in files:
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 24), b""):
-                digest.update(chunk)
-        digests[path.name] = digest.hexdigest()
+    digests = {path.name: file_digest(path)["sha256"] for path in files}
     return {"adapter": str(Path(adapter).resolve()), "files": digests, "dtype": str(dtype), "vocab": vocab}
 
 

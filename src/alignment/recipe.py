@@ -346,6 +346,27 @@ def _secure(values: dict[str, Any], explicit: set[str]) -> list[str]:
     return notes
 
 
+def drop_options(argv: Sequence[str], names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """`argv` without the `--name value` / `--name=value` options of `names`; and those dropped, as `--name`.
+
+    A value is taken with its option unless it is itself an option (`--name` last, or before `--other`).
+    """
+    kept: list[str] = []
+    dropped: list[str] = []
+    skip = False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        name = arg[2:].partition("=")[0] if arg.startswith("--") else None
+        if name not in names:
+            kept.append(arg)
+            continue
+        dropped.append(f"--{name}")
+        skip = "=" not in arg and i + 1 < len(argv) and not argv[i + 1].startswith("--")
+    return kept, list(dict.fromkeys(dropped))
+
+
 def _pop_dry_run(cli: list[str]) -> tuple[bool, list[str]]:
     """`--dry_run` is a command-line switch, never a recipe key (a recipe that set it would never train)."""
     out, dry_run = [], False

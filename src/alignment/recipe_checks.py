@@ -128,7 +128,7 @@ def _check_max_positions(values: dict[str, Any], origin: str) -> None:
     model = values.get("model_name_or_path")
     if not max_length or not model:
         return
-    config = _local_config(str(model))
+    config = local_model_config(str(model))
     limit = (config or {}).get("max_position_embeddings")
     if isinstance(limit, int) and max_length > limit:
         raise RecipeError(
@@ -159,17 +159,22 @@ def _check_weight_format(values: dict[str, Any], origin: str) -> None:
         if base and Path(base).expanduser().is_dir():
             folders.append(Path(base).expanduser())
     for folder in folders:
-        if not folder.is_dir() or any(folder.glob("*.safetensors*")):
-            continue
-        pickles = [name for name in PICKLE_WEIGHTS if (folder / name).is_file()]
-        if pickles:
+        if pickle := pickle_only_weights(folder):
             raise RecipeError(
-                f"{origin}: `model_name_or_path`: {folder} has only pickle weights ({pickles[0]}), which can run "
+                f"{origin}: `model_name_or_path`: {folder} has only pickle weights ({pickle}), which can run "
                 "code when loaded; convert them to safetensors, or set `allow_pickle_weights: true` if you trust them"
             )
 
 
-def _local_config(model: str) -> dict | None:
+def pickle_only_weights(folder: Path) -> str | None:
+    """The pickle weights file of a local folder that has no safetensors (what transformers/PEFT would torch.load)."""
+    if not folder.is_dir() or any(folder.glob("*.safetensors*")):
+        return None
+    return next((name for name in PICKLE_WEIGHTS if (folder / name).is_file()), None)
+
+
+def local_model_config(model: str) -> dict | None:
+    """`model`'s config.json from its local folder or the Hub cache; None when neither has it (never downloaded)."""
     path = Path(model).expanduser() / "config.json"
     if not path.is_file():
         try:

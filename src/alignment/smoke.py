@@ -19,7 +19,6 @@ No other recipe tool has this; TRL and the Alignment Handbook offer only the ful
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import shutil
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alignment.errors import RecipeError
+from alignment.recipe import drop_options
 
 if TYPE_CHECKING:
     from alignment.data.sources import DatasetSource
@@ -99,7 +99,8 @@ def smoke_run(recipe: Recipe, argv_overrides: list[str], keep: bool = False) -> 
     for note in setup.notes:
         logger.warning(f"smoke: {note}")
     smoke_recipe = write_smoke_recipe(recipe, setup)
-    overrides = [*strip_keys(argv_overrides, (*DATA_KEYS, *MODEL_KEYS)), *smoke_cli(folder)]
+    kept, _ = drop_options(argv_overrides, (*DATA_KEYS, *MODEL_KEYS))  # already resolved into `setup`
+    overrides = [*kept, *smoke_cli(folder)]
     logger.warning(f"smoke: running {recipe.stage} for {SMOKE_STEPS} steps on CPU in {folder}")
     status = run_script_here(recipe.stage, [str(smoke_recipe), *overrides])
     if status == 0:
@@ -139,38 +140,37 @@ def run_script_here(stage: str, argv: list[str]) -> int:
 
 
 def prepare_smoke(recipe: Recipe, folder: Path) -> SmokeSetup:
-    """Write the tiny model (folder/model) and the smoke rows (folder/data); return what replaced what."""
+    """Write the tiny model (folder/model) and the smoke rows (folder/data); return what replaced what.
+
+    Each split is written as `<name>.jsonl` without its slice (`train_sft[:10%]` -> `train_sft`): the
+    smoke rows are already the first few.
+    """
+    from alignment.data.sources import split_name
+    from alignment.tiny.build import write_jsonl
+
     notes: list[str] = []
     rows = {}
-    mixture = copy.deepcopy(recipe.mixture.to_dict())
+    mixture = recipe.mixture.to_dict()  # dataclasses.asdict: a deep copy
     for index, (source, raw) in enumerate(zip(recipe.mixture.datasets, mixture["datasets"], strict=True)):
         splits = [source.split] + ([recipe.mixture.test_split] if recipe.mixture.test_split else [])
         target = folder / "data" / f"source{index}"
         for split in splits:
-            start = SMOKE_ROWS * len(
-                rows
-            )  # each source and split its own rows: no duplicates, no contamination
+            # each source and split its own rows: no duplicates, no contamination
+            start = SMOKE_ROWS * len(rows)
             rows[(index, split)] = source_rows(source, split, recipe.stage, notes, start)
-            write_rows(target / f"{_split_file(split)}.jsonl", rows[(index, split)])
+            write_jsonl(target / f"{split_name(split)}.jsonl", rows[(index, split)])
         raw["id"] = str(target)
-        raw["split"] = _split_file(source.split)
+        raw["split"] = split_name(source.split)
         for key in ("data_files", "data_dir", "config"):
             raw[key] = None
         if source.samples and source.samples > SMOKE_ROWS:
             raw["samples"] = SMOKE_ROWS * 2  # keeps the repetition a count above the rows causes
             notes.append(f"{source.label}: samples {source.samples} -> {raw['samples']}")
     if recipe.mixture.test_split:
-        mixture["test_split"] = _split_file(recipe.mixture.test_split)
+        mixture["test_split"] = split_name(recipe.mixture.test_split)
     texts = [json.dumps(r) for part in rows.values() for r in part]
     model = build_smoke_model(recipe, folder / "model", texts, notes)
     return SmokeSetup(folder=folder, model=model, mixture=mixture, notes=notes)
-
-
-def _split_file(split: str) -> str:
-    """`train_sft[:10%]` -> `train_sft`: the smoke rows are already the first few."""
-    from alignment.data.sources import split_name
-
-    return split_name(split)
 
 
 # --- Data ----------------------------------------------------------------------------------------------
@@ -281,13 +281,6 @@ def _row(fmt: str, stage: str, question: str, good: str, bad: str, columns: Any,
                          {"role": "assistant", "content": "You are welcome."}]}  # fmt: skip
 
 
-def write_rows(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row, default=str) + "\n")
-
-
 # --- Model ---------------------------------------------------------------------------------------------
 
 
@@ -297,7 +290,7 @@ def build_smoke_model(recipe: Recipe, folder: Path, texts: list[str], notes: lis
     from transformers import AutoModelForCausalLM
 
     source = recipe.args.tokenizer_name_or_path or recipe.model.model_name_or_path
-    config_source = _config_source(recipe.model.model_name_or_path, notes)
+    found = model_config(recipe.model.model_name_or_path, notes)
     tokenizer = _local_tokenizer(source, recipe)
     if tokenizer is None:
         from alignment.tiny.build import build_tokenizer
@@ -307,7 +300,7 @@ def build_smoke_model(recipe: Recipe, folder: Path, texts: list[str], notes: lis
             f"tokenizer: {source} is neither local nor cached: a character-level one built from the rows"
         )
     positions = max(recipe.training.max_length or 0, 128)
-    config = shrunk_config(config_source, len(tokenizer), positions, recipe, notes) if config_source else None
+    config = shrunk_config(*found, len(tokenizer), positions, notes) if found else None
     if config is None:
         config = tiny_llama_config(len(tokenizer), positions)
         notes.append(
@@ -320,19 +313,16 @@ def build_smoke_model(recipe: Recipe, folder: Path, texts: list[str], notes: lis
     return folder
 
 
-def _config_source(model: str, notes: list[str]) -> str | None:
-    """Where the model's config.json can be read: the folder, an adapter's base, or the Hub cache."""
+def model_config(model: str, notes: list[str]) -> tuple[dict, str] | None:
+    """The model's config.json and where it was read (the folder, an adapter's base, the Hub cache); or None."""
     from alignment.model import adapter_base
+    from alignment.recipe_checks import local_model_config
 
-    path = Path(model).expanduser()
-    if path.is_dir() and (base := adapter_base(str(path))):
+    if Path(model).expanduser().is_dir() and (base := adapter_base(model)):
         notes.append(f"model: {model} is an adapter: shrinking its base {base}")
-        return _config_source(base, notes)
-    if (path / "config.json").is_file():
-        return str(path)
-    from alignment.recipe_checks import _local_config
-
-    return model if _local_config(model) is not None else None
+        return model_config(base, notes)
+    config = local_model_config(model)
+    return (config, model) if config is not None else None
 
 
 def _local_tokenizer(source: str, recipe: Recipe) -> Any | None:
@@ -347,13 +337,11 @@ def _local_tokenizer(source: str, recipe: Recipe) -> Any | None:
         return None
 
 
-def shrunk_config(source: str, vocab: int, positions: int, recipe: Recipe, notes: list[str]) -> Any | None:
-    """The family's config with few small layers; None (with a note) when it cannot be built here."""
+def shrunk_config(raw: dict, source: str, vocab: int, positions: int, notes: list[str]) -> Any | None:
+    """The family's config (`raw`, read from `source`) with few small layers; None (with a note) when it cannot
+    be built here."""
     from transformers import AutoConfig
 
-    from alignment.recipe_checks import _local_config
-
-    raw = _local_config(source) or {}
     model_type = raw.get("model_type")
     values = {k: v for k, v in raw.items() if k not in DROPPED and k != "model_type"}
     for key, small in SHRINK.items():
@@ -414,21 +402,6 @@ def smoke_cli(folder: Path) -> list[str]:
     out = []
     for key, value in {**SMOKE_OVERRIDES, "output_dir": str(folder / "out")}.items():
         out += [f"--{key}", json.dumps(value) if isinstance(value, bool) else str(value)]
-    return out
-
-
-def strip_keys(overrides: list[str], keys: tuple[str, ...]) -> list[str]:
-    """`overrides` without `--key value` pairs for `keys` (their values are already in the parsed recipe)."""
-    out, skip = [], False
-    for item in overrides:
-        if skip:
-            skip = False
-            continue
-        name = item[2:].split("=")[0] if item.startswith("--") else None
-        if name in keys:
-            skip = "=" not in item
-            continue
-        out.append(item)
     return out
 
 

@@ -13,15 +13,16 @@ datasets are not read: a note says so.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain, islice
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from alignment.data.mixture import column_plan, invalid_rows_message
 from alignment.data.sources import (
     DatasetSource,
+    _first_line,
     check_file,
     check_not_empty,
     diagnose_file,
@@ -196,17 +197,21 @@ def _json_lines(file: Path) -> Iterator[dict]:
     return json_rows(file, _text_lines(file))
 
 
+def _rows_after(batches: Iterable[Any], skip: int) -> Iterator[dict]:
+    """The rows of Arrow record `batches` after the first `skip`, converting only the batches read."""
+    for batch in batches:
+        if skip >= batch.num_rows:
+            skip -= batch.num_rows
+            continue
+        yield from batch.slice(skip).to_pylist()
+        skip = 0
+
+
 def _parquet_rows(file: Path, skip: int) -> Iterator[dict]:
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(file)
-        for batch in parquet.iter_batches(batch_size=256):
-            if skip >= batch.num_rows:
-                skip -= batch.num_rows
-                continue
-            yield from batch.slice(skip).to_pylist()
-            skip = 0
+        yield from _rows_after(pq.ParquetFile(file).iter_batches(batch_size=256), skip)
     except RecipeError:
         raise
     except Exception as err:  # pyarrow's ArrowInvalid, OSError: not a Parquet file
@@ -224,12 +229,7 @@ def _arrow_rows(file: Path, skip: int) -> Iterator[dict]:
             except (OSError, pa.lib.ArrowInvalid):
                 reader = pa.ipc.open_file(f)
                 batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
-            for batch in batches:
-                if skip >= batch.num_rows:
-                    skip -= batch.num_rows
-                    continue
-                yield from batch.slice(skip).to_pylist()
-                skip = 0
+            yield from _rows_after(batches, skip)
     except Exception as err:
         raise RecipeError(f"{file}: not a readable Arrow file ({_first_line(err)})") from None
 
@@ -256,8 +256,3 @@ def _columns(file: Path, rows: list[dict]) -> list[str]:
 
         return list(pq.ParquetFile(file).schema_arrow.names)
     return list(dict.fromkeys(key for row in rows for key in row))
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

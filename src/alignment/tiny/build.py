@@ -93,7 +93,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
         for row in rows:
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps(row, default=str) + "\n")  # default: a Parquet row's dates, for smoke runs
 
 
 SHAREGPT_ROLES = {"system": "system", "user": "human", "assistant": "gpt"}
