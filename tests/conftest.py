@@ -32,6 +32,13 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def away_from_the_checkout(tmp_path: Path, monkeypatch) -> Path:
+    """Run in an empty folder: a test of parsing must not see the data/tiny that `make demo` built in the checkout."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
 def workdir(tiny_data: Path, tmp_path: Path) -> Path:
     """A fresh folder per test whose `data/` is the session's tiny data (runs/ starts empty)."""
     (tmp_path / "data").symlink_to(tiny_data / "data")

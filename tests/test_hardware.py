@@ -13,6 +13,8 @@ from alignment.recipe import DPO_LOSS_TYPES, parse_recipe
 
 from .test_recipe import write
 
+pytestmark = pytest.mark.usefixtures("away_from_the_checkout")  # not the checkout's data/tiny
+
 
 def test_attention_names_come_from_transformers_registry(tmp_path):
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS

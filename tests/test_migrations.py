@@ -17,6 +17,8 @@ from alignment.recipe import parse_recipe
 from .conftest import REPO
 from .test_recipe import BASE, write
 
+pytestmark = pytest.mark.usefixtures("away_from_the_checkout")  # not the checkout's data/tiny
+
 
 def test_every_legacy_key_and_value_has_a_version_and_is_documented():
     readme = (REPO / "README.md").read_text()

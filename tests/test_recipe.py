@@ -14,6 +14,8 @@ from alignment.recipe import parse_recipe
 
 from .conftest import REPO, TINY_SFT
 
+pytestmark = pytest.mark.usefixtures("away_from_the_checkout")  # not the checkout's data/tiny
+
 BASE = {
     "model_name_or_path": "data/tiny/model",
     "dataset_name": "data/tiny/sft",
