@@ -19,38 +19,23 @@ def main(argv: list[str] | None = None) -> None:
         print_plan(recipe)
         return
 
-    from trl import SFTTrainer
-
-    from alignment.callbacks import stage_callbacks
     from alignment.data.prepare import prepare_data
-    from alignment.logs import setup_logging
-    from alignment.model import load_model, load_tokenizer, peft_config_for
-    from alignment.reruns import begin_run
+    from alignment.model import load_tokenizer
+    from alignment.reruns import start_run
+    from alignment.trainers import build_trainer
     from alignment.training import finish_training
 
-    setup_logging(recipe.training)
-    run = begin_run(recipe)  # resume the recorded run, refuse a changed one, or stop: already finished
+    run = start_run(recipe)  # resume the recorded run, refuse a changed one, or stop: already finished
     if run.finished:
         return
 
-    # Tokenizer, then the data (converted, checked, curated, measured with it), then the model
+    # Tokenizer, then the data (converted, checked, curated, measured with it), then the model and trainer
     tokenizer = load_tokenizer(recipe)
     datasets, data_report = prepare_data(recipe, tokenizer)
-    model = load_model(recipe, tokenizer)
+    trainer = build_trainer(recipe, tokenizer, datasets)  # SFTTrainer
 
-    # Training
-    trainer = SFTTrainer(
-        model=model,
-        args=recipe.training,
-        train_dataset=datasets["train"],
-        eval_dataset=datasets.get("test"),
-        processing_class=tokenizer,
-        peft_config=peft_config_for(recipe, model),
-        callbacks=stage_callbacks(),
-    )
+    # Training, then save, evaluate, card, push
     result = trainer.train(resume_from_checkpoint=run.checkpoint)
-
-    # Save, evaluate, card, push
     finish_training(trainer, recipe, result, datasets, data_report, resumed=run.checkpoint is not None)
 
 

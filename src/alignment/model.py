@@ -71,8 +71,12 @@ MERGED_BASE = "_merged_base"  # under output_dir; the Trainer's Hub pushes skip 
 MERGE_STAMP = "merged_from.json"  # written last: a folder without it (or with another one) is rebuilt
 
 
-def load_model(recipe: Recipe, tokenizer: Any) -> Any:
+def load_model(recipe: Recipe, tokenizer: Any, head: str = "causal") -> Any:
     """Causal LM as the recipe asks (dtype, attention, 4/8-bit), resized to the tokenizer, EOS wired for generation.
+
+    `head="reward"` loads the same weights under a sequence-classification head with one output (a
+    reward model: the head is new, the body is the previous stage's), its pad token wired so that
+    the head reads the last real token.
 
     A local adapter folder as `model_name_or_path` (the output of a LoRA stage) is merged into its
     base, so this stage starts from the model the previous stage produced; a PEFT recipe then trains
@@ -95,11 +99,13 @@ def load_model(recipe: Recipe, tokenizer: Any) -> Any:
         "use_safetensors": None if recipe.args.allow_pickle_weights else True,
     }
     source = margs.model_name_or_path
-    if adapter_base(source) is not None and quantization is None:
+    if head == "reward":
+        kwargs["num_labels"] = 1
+    if adapter_base(source) is not None and quantization is None and head == "causal":
         model = merge_adapter(source, tokenizer, kwargs)
     else:
         if adapter_base(source) is not None:
-            source = merged_base(recipe, tokenizer, kwargs)
+            source = merged_base(recipe, tokenizer, {k: v for k, v in kwargs.items() if k != "num_labels"})
         if quantization is not None:
             from accelerate import PartialState
 
@@ -107,20 +113,25 @@ def load_model(recipe: Recipe, tokenizer: Any) -> Any:
             kwargs["device_map"] = (
                 {"": PartialState().local_process_index} if torch.cuda.is_available() else {"": "cpu"}
             )
-        model = from_pretrained(source, kwargs)
+        model = from_pretrained(source, kwargs, head)
     _resize(model, tokenizer)
-    wire_generation_config(model, tokenizer)
+    if head == "reward":
+        model.config.pad_token_id = tokenizer.pad_token_id
+    else:
+        wire_generation_config(model, tokenizer)
     return model
 
 
-def from_pretrained(source: str, kwargs: dict[str, Any]) -> Any:
-    """`AutoModelForCausalLM.from_pretrained`, with a Hub model that has only pickle weights named in one line."""
-    from transformers import AutoModelForCausalLM
+def from_pretrained(source: str, kwargs: dict[str, Any], head: str = "causal") -> Any:
+    """`AutoModelForCausalLM.from_pretrained` (`head="reward"`: `AutoModelForSequenceClassification`), with a
+    Hub model that has only pickle weights named in one line."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from alignment.errors import RecipeError
 
+    auto_class = AutoModelForSequenceClassification if head == "reward" else AutoModelForCausalLM
     try:
-        return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        return auto_class.from_pretrained(source, **kwargs)
     except OSError as err:
         if "cannot be loaded with `safetensors`" not in str(err):
             raise

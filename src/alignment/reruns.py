@@ -55,6 +55,14 @@ def training_values(recipe: Recipe) -> dict[str, Any]:
     return json.loads(json.dumps(kept, default=str, sort_keys=True))
 
 
+def start_run(recipe: Recipe) -> RunStart:
+    """Set up logging for the stage, then `begin_run`: what every stage script does first."""
+    from alignment.logs import setup_logging
+
+    setup_logging(recipe.training)
+    return begin_run(recipe)
+
+
 def begin_run(recipe: Recipe) -> RunStart:
     """Decide how this run starts from what `output_dir` holds; record the recipe. Loads nothing heavy.
 

@@ -196,7 +196,10 @@ def save_final_model_whole(trainer: Any) -> None:
         original(str(partial), _internal_call=True)  # every rank: ZeRO-3 and FSDP gather the weights
         if trainer.args.should_save:
             # A PEFT save writes only the adapter: the generation config (EOS = end of turn) goes beside it.
-            trainer.accelerator.unwrap_model(trainer.model).generation_config.save_pretrained(partial)
+            # A reward model (sequence classification) generates nothing and has none.
+            generation_config = getattr(trainer.accelerator.unwrap_model(trainer.model), "generation_config", None)
+            if generation_config is not None:
+                generation_config.save_pretrained(partial)
             move_into_place(partial, final)
         trainer.accelerator.wait_for_everyone()
 

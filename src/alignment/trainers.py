@@ -1,0 +1,74 @@
+"""One function that builds any stage's TRL trainer from a parsed recipe, its tokenizer and its data.
+
+The stage scripts differed only in the trainer class and in what it takes besides the policy (a
+frozen reference for DPO and KTO, rewards for GRPO and RLOO, a one-output head for a reward model).
+`alignment.stages` says which, as data; this module loads those pieces the way every stage should
+(safetensors only, adapters merged, the reference being the previous stage and not its base).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from alignment.stages import stage, trl_attribute
+
+if TYPE_CHECKING:
+    from alignment.recipe import Recipe
+
+logger = logging.getLogger(__name__)
+
+
+def build_trainer(recipe: Recipe, tokenizer: Any, datasets: Any) -> Any:
+    """The stage's TRL trainer on `datasets["train"]` (and `datasets["test"]` when there is one)."""
+    from alignment.callbacks import stage_callbacks
+    from alignment.model import load_model, load_reference_model, peft_config_for
+
+    spec = stage(recipe.stage)
+    extra: dict[str, Any] = {}
+    if spec.rewards:  # first: a missing reward model is found before the policy loads
+        extra["reward_funcs"], extra["reward_processing_classes"] = load_rewards(recipe)
+    model = load_model(recipe, tokenizer, head=spec.head)
+    if spec.reference:
+        extra["ref_model"] = load_reference_model(recipe, tokenizer)
+    trainer_class = trl_attribute(spec.trainer)
+    return trainer_class(
+        model=model,
+        args=recipe.training,
+        train_dataset=datasets["train"],
+        eval_dataset=datasets.get("test"),
+        processing_class=tokenizer,
+        peft_config=peft_config_for(recipe, model),
+        callbacks=stage_callbacks(),
+        **extra,
+    )
+
+
+def load_rewards(recipe: Recipe) -> tuple[list[Any], list[Any]]:
+    """The recipe's reward functions, then its reward model (if any), with the tokenizers TRL scores them with.
+
+    A function needs no tokenizer (None); the reward model's own tokenizer, chat template included,
+    formats prompt + completion for it, as it did when the model was trained.
+    """
+    from alignment.errors import RecipeError
+    from alignment.rewards import load_reward_model, resolve_rewards
+
+    functions = resolve_rewards(recipe.args.reward_funcs)
+    rewards, tokenizers = list(functions), [None] * len(functions)
+    path = recipe.args.reward_model_name_or_path
+    if path:
+        from pathlib import Path
+
+        from alignment.data.sources import is_local
+
+        if is_local(path) and not Path(path).expanduser().is_dir():
+            raise RecipeError(
+                f"`reward_model_name_or_path`: no model folder at {path} (train the rm stage first)"
+            )
+        model, reward_tokenizer = load_reward_model(path, recipe.args.allow_pickle_weights)
+        rewards.append(model)
+        tokenizers.append(reward_tokenizer)
+        logger.info(f"reward model: {path}")
+    names = [*(recipe.args.reward_funcs or []), *([path] if path else [])]
+    logger.info(f"rewards: {', '.join(names)}")
+    return rewards, tokenizers
