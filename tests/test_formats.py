@@ -877,7 +877,7 @@ CHECK_FORMAT_ERRORS = [
     ),
     (
         ("hh", ["chosen", "rejected"], "sft"),
-        f"format `hh` is not read by stage sft (it is for dpo, rm); use one of {SFT_FORMATS}",
+        f"format `hh` is not read by stage sft (it is for dpo, rm, prompt); use one of {SFT_FORMATS}",
     ),
     (
         ("alpaca", ["instruction", "input", "chosen"], "dpo"),

@@ -29,15 +29,18 @@ from typing import Any
 
 from alignment.errors import RecipeError, closest
 
-STAGES = ("sft", "dpo", "rm", "kto", "cpt", "classify")
-# The message lists each stage's canonical row holds, in the order their text is joined.
+STAGES = ("sft", "dpo", "rm", "kto", "cpt", "classify", "prompt")
+# The message lists each stage's canonical row holds, in the order their text is joined. A `prompt` row
+# is its prompt alone: online RL generates its own answers, so two rows with one prompt are one row
+# (whatever their reference answers) and a prompt is contaminated when it matches an eval prompt.
 MESSAGE_COLUMNS = {
     "sft": ("messages",),
     "dpo": ("prompt", "chosen", "rejected"),
     "rm": ("prompt", "chosen", "rejected"),
     "kto": ("prompt", "completion"),
+    "prompt": ("prompt",),
 }
-PROMPT_COLUMN = {"sft": "messages", "dpo": "prompt", "rm": "prompt", "kto": "prompt"}
+PROMPT_COLUMN = {"sft": "messages", "dpo": "prompt", "rm": "prompt", "kto": "prompt", "prompt": "prompt"}
 DEFAULT_NGRAM = 13
 _WHITESPACE = re.compile(r"\s+")
 

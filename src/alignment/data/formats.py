@@ -13,6 +13,8 @@ Canonical rows (a message is {"role", "content": str} and, only when it calls to
     sft:      messages, tools            dpo, rm:  prompt, chosen, rejected, tools
     kto:      prompt, completion, label, tools
     cpt:      text                       classify: text, label (str or int, as the file has it)
+    prompt:   prompt, answer, tools      (online RL: the prompt ends on a user turn; `answer` is the
+              reference a verifiable reward compares with, a string or None)
 `tools` is a JSON string of the tool schemas, or None. Content is kept verbatim: nothing is stripped.
 """
 
@@ -24,7 +26,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
-from alignment.data.validation import MALFORMED, NON_TEXT, UNKNOWN_ROLE, validate_row
+from alignment.data.validation import (
+    ANSWER_NOT_ASSISTANT,
+    ANSWER_NOT_TEXT,
+    MALFORMED,
+    NON_TEXT,
+    UNKNOWN_ROLE,
+    validate_row,
+)
 from alignment.errors import RecipeError, closest
 
 if TYPE_CHECKING:
@@ -37,6 +46,7 @@ STAGE_COLUMNS: dict[str, tuple[str, ...]] = {
     "kto": ("prompt", "completion", "label", "tools"),
     "cpt": ("text",),
     "classify": ("text", "label"),
+    "prompt": ("prompt", "answer", "tools"),
 }
 
 # One line per format, for `--help`, errors and the README.
@@ -45,6 +55,7 @@ FORMATS: dict[str, str] = {
     "sharegpt": "`conversations`: ShareGPT {from, value} turns (FastChat; LLaMA-Factory function_call)",
     "alpaca": "`instruction`, `input`, `output` (dpo/rm: `chosen`, `rejected`), `system`, `history`",
     "prompt_completion": "`prompt`, `completion`: each a string or a message list (kto: and `label`)",
+    "prompt_only": "`prompt` (a string or a message list) and an optional `answer` (or `solution`)",
     "preference": "`prompt`, `chosen`, `rejected`: strings, turns or whole conversations (UltraFeedback)",
     "hh": "`chosen`, `rejected`: Anthropic HH-RLHF text with Human: and Assistant: markers",
     "kto": "`messages` or `conversations` and a bool `label` (or `kto_tag`); the last turn is the answer",
@@ -60,6 +71,7 @@ STAGE_FORMATS: dict[str, tuple[str, ...]] = {
     "kto": ("kto", "prompt_completion", "alpaca"),
     "cpt": ("text",),
     "classify": ("classification",),
+    "prompt": ("prompt_only", "prompt_completion", "preference", "hh", "alpaca", "messages", "sharegpt"),
 }
 
 # The columns a format needs, per stage: each entry is a group of alternatives, one of which must be there.
@@ -76,17 +88,25 @@ REQUIRED_COLUMNS: dict[tuple[str, str], tuple[tuple[str, ...], ...]] = {
     ("kto", "kto"): (_CONVERSATION, _LABEL),
     ("text", "cpt"): (("text",),),
     ("classification", "classify"): (("text",), ("label",)),
+    # prompt: a reference answer is optional, so only what holds the prompt (and a pair's two sides) is needed
+    ("prompt_only", "prompt"): (("prompt",),),
+    ("prompt_completion", "prompt"): (("prompt",), ("completion",)),
+    **{(f, "prompt"): (("chosen",), ("rejected",)) for f in ("preference", "hh")},
+    ("alpaca", "prompt"): (("instruction",),),
+    **{(f, "prompt"): (_CONVERSATION,) for f in ("messages", "sharegpt")},
 }
 
 # Every column a format's reader looks at (required or optional); the rest of a file's columns are not
 # trained on, and the data report lists them so that nothing is dropped without a word.
 _CHAT_EXTRAS = {"system", "tools"}
+_ANSWER = ("answer", "solution")  # prompt_only's reference answer; `solution` is what TRL's math sets call it
 READ_COLUMNS: dict[str, set[str]] = {
     "messages": {*_CONVERSATION, *_CHAT_EXTRAS},
     "sharegpt": {*_CONVERSATION, *_CHAT_EXTRAS},
     "kto": {*_CONVERSATION, *_CHAT_EXTRAS, *_LABEL},
     "alpaca": {"instruction", "input", "output", "history", "chosen", "rejected", *_CHAT_EXTRAS, *_LABEL},
     "prompt_completion": {"prompt", "completion", *_CHAT_EXTRAS, *_LABEL},
+    "prompt_only": {"prompt", *_ANSWER, *_CHAT_EXTRAS},
     "preference": {"prompt", *_CONVERSATION, "chosen", "rejected", *_CHAT_EXTRAS},
     "hh": {"prompt", "chosen", "rejected", "tools"},
     "text": {"text"},
@@ -100,6 +120,7 @@ _STAGE_LOOKS = {
     "kto": "labelled completions",
     "cpt": "plain text",
     "classify": "labelled text",
+    "prompt": "prompts",  # last: prompt reads most formats, so any earlier stage that fits is the better hint
 }
 
 # Role names seen in the wild, lower-cased. "call" marks a ShareGPT function_call turn (an assistant's call).
@@ -215,9 +236,7 @@ def _detect(columns: set[str], example: dict, stage: str) -> str:
         if {"prompt", "completion"} <= columns:
             return "prompt_completion"
     if stage in ("dpo", "rm") and pairs:
-        if _looks_like_hh(example.get("chosen")) or _looks_like_hh(example.get("prompt")):
-            return "hh"
-        return "alpaca" if "instruction" in columns else "preference"
+        return _pair_format(columns, example)
     if stage == "kto" and labelled and not pairs:
         if conversation:
             return "kto"
@@ -229,7 +248,28 @@ def _detect(columns: set[str], example: dict, stage: str) -> str:
         return "text"
     if stage == "classify" and {"text", "label"} <= columns:
         return "classification"
+    if stage == "prompt" and not labelled:  # a kto file's answer may be the undesirable one: no reference
+        return _prompt_format(columns, example, conversation)
     return ""
+
+
+def _pair_format(columns: set[str], example: dict) -> str:
+    if _looks_like_hh(example.get("chosen")) or _looks_like_hh(example.get("prompt")):
+        return "hh"
+    return "alpaca" if "instruction" in columns else "preference"
+
+
+def _prompt_format(columns: set[str], example: dict, conversation: str | None) -> str:
+    """Stage prompt: pairs (the chosen answer is the reference), prompt + completion, a conversation, a prompt."""
+    if {"chosen", "rejected"} <= columns:
+        return _pair_format(columns, example)
+    if {"prompt", "completion"} <= columns:
+        return "prompt_completion"
+    if conversation:
+        return _conversation_format(example.get(conversation), conversation)
+    if "instruction" in columns:
+        return "alpaca"
+    return "prompt_only" if "prompt" in columns else ""
 
 
 def _conversation_format(turns: Any, column: str) -> str:
@@ -308,7 +348,7 @@ def convert_batch(
 
 def _placeholder(stage: str) -> dict[str, Any]:
     empty: dict[str, Any] = {"messages": [], "prompt": [], "chosen": [], "rejected": [], "completion": []}
-    empty.update(tools=None, label=None, text="")
+    empty.update(tools=None, label=None, text="", answer=None)
     return {column: empty[column] for column in STAGE_COLUMNS[stage]}
 
 
@@ -353,18 +393,30 @@ def _read_alpaca(row: dict, stage: str, context: _Context) -> dict:
     if not isinstance(instruction, str) or not isinstance(extra, str | None):
         raise _Invalid()
     prompt.append(_message("user", "\n".join(part for part in (instruction, extra) if part)))
+    if stage == "prompt":  # the reference: a preference row's chosen answer, else the output (if any)
+        chosen = row.get("chosen")
+        return _prompt_row(prompt, _reference(row.get("output") if chosen is None else chosen, context), row)
     if stage in ("dpo", "rm"):
-        return _pair(prompt, _answer(row["chosen"], context), _answer(row["rejected"], context), row)
+        return _pair(prompt, _answer(row["chosen"], context), _answer(row["rejected"], context), row, stage)
     return _shape(stage, prompt + [_message("assistant", row.get("output"))], row)
 
 
 def _read_prompt_completion(row: dict, stage: str, context: _Context) -> dict:
     """prompt + completion, each a string (one user / one assistant turn) or a message list."""
     prompt = _prompt(row["prompt"], context, row.get("system"))
+    if stage == "prompt":
+        return _prompt_row(prompt, _reference(row["completion"], context), row)
     completion = _answer(row["completion"], context)
     if stage == "kto":
         return _kto(prompt, completion, row)
     return {"messages": prompt + completion, "tools": _tools(row.get("tools"))}
+
+
+def _read_prompt_only(row: dict, stage: str, context: _Context) -> dict:
+    """A prompt to generate from, and the reference answer when the file has one (`answer` or `solution`)."""
+    prompt = _prompt(row["prompt"], context, row.get("system"))
+    answer = next((row[c] for c in _ANSWER if row.get(c) is not None), None)
+    return _prompt_row(prompt, _reference(answer, context), row)
 
 
 def _read_preference(row: dict, stage: str, context: _Context) -> dict:
@@ -376,14 +428,14 @@ def _read_preference(row: dict, stage: str, context: _Context) -> dict:
         if not isinstance(row["chosen"], list) or not isinstance(row["rejected"], list):
             raise _Invalid()
         shared = _shared_prefix(chosen, rejected)
-        return _pair(chosen[:shared], chosen[shared:], rejected[shared:], row)
+        return _pair(chosen[:shared], chosen[shared:], rejected[shared:], row, stage)
     prompt = _prompt(row[source], context, row.get("system"))
     # UltraFeedback-binarized repeats the prompt at the start of chosen and rejected.
     if chosen[: len(prompt)] == prompt:
         chosen = chosen[len(prompt) :]
     if rejected[: len(prompt)] == prompt:
         rejected = rejected[len(prompt) :]
-    return _pair(prompt, chosen, rejected, row)
+    return _pair(prompt, chosen, rejected, row, stage)
 
 
 def _shared_prefix(chosen: list[dict], rejected: list[dict]) -> int:
@@ -404,7 +456,7 @@ def _read_hh(row: dict, stage: str, context: _Context) -> dict:
     rejected_prompt, rejected = _split_hh(before + row["rejected"])
     if rejected_prompt != prompt:
         raise _Invalid()
-    return _pair(prompt, [_message("assistant", chosen)], [_message("assistant", rejected)], row)
+    return _pair(prompt, [_message("assistant", chosen)], [_message("assistant", rejected)], row, stage)
 
 
 def _split_hh(text: str) -> tuple[list[dict], str]:
@@ -439,6 +491,7 @@ _READERS: dict[str, Callable[[dict, str, _Context], dict]] = {
     "sharegpt": _read_messages,
     "alpaca": _read_alpaca,
     "prompt_completion": _read_prompt_completion,
+    "prompt_only": _read_prompt_only,
     "preference": _read_preference,
     "hh": _read_hh,
     "kto": _read_kto,
@@ -451,14 +504,27 @@ _READERS: dict[str, Callable[[dict, str, _Context], dict]] = {
 
 
 def _shape(stage: str, messages: list[dict], row: dict) -> dict:
-    """A whole conversation as the stage's row: sft keeps it, kto splits off the last message."""
+    """A whole conversation as the stage's row: sft keeps it, kto splits off the last message, prompt
+    splits off a final assistant turn as the reference answer (a conversation ending on a user turn is
+    all prompt, with no reference)."""
     if stage == "kto":
         return _kto(messages[:-1], messages[-1:], row)
+    if stage == "prompt":
+        if messages and messages[-1]["role"] == "assistant":
+            return _prompt_row(messages[:-1], _reference(messages[-1], context=None), row)
+        return _prompt_row(messages, None, row)
     return {"messages": messages, "tools": _tools(row.get("tools"))}
 
 
-def _pair(prompt: list[dict], chosen: list[dict], rejected: list[dict], row: dict) -> dict:
+def _pair(prompt: list[dict], chosen: list[dict], rejected: list[dict], row: dict, stage: str) -> dict:
+    """A preference row; for stage prompt, the prompt and the chosen answer as its reference."""
+    if stage == "prompt":
+        return _prompt_row(prompt, _reference(chosen, context=None), row)
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "tools": _tools(row.get("tools"))}
+
+
+def _prompt_row(prompt: list[dict], answer: str | None, row: dict) -> dict:
+    return {"prompt": prompt, "answer": answer, "tools": _tools(row.get("tools"))}
 
 
 def _kto(prompt: list[dict], completion: list[dict], row: dict) -> dict:
@@ -534,6 +600,26 @@ def _answer(value: Any, context: _Context) -> list[dict]:
     if isinstance(value, dict):
         return _read_turns([value], context)
     return _read_turns(value, context)
+
+
+def _reference(value: Any, context: _Context | None) -> str | None:
+    """A reference answer as text: a string as it is, an integer as its digits; a message (or a list of
+    them, read with `context` unless already canonical) only when it is one plain assistant turn."""
+    if value is None or isinstance(value, str):
+        return value
+    # An integer has one text. It must be taken: math sets store answers as numbers, and `datasets` reads a
+    # JSON column of mixed types as `Json`, which gives back a string that is valid JSON ("7") as 7.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, dict | list):
+        raise _Invalid(ANSWER_NOT_TEXT)  # a float ("7.50" or "7.5"?) or a bool: refused, not guessed at
+    turns = value if context is None else _answer(value, context)
+    turns = [turns] if isinstance(turns, dict) else turns
+    if len(turns) != 1 or turns[0].get("tool_calls"):
+        raise _Invalid(ANSWER_NOT_TEXT)
+    if turns[0]["role"] != "assistant":
+        raise _Invalid(ANSWER_NOT_ASSISTANT)
+    return turns[0]["content"]
 
 
 def _text(content: Any) -> str:
@@ -645,6 +731,7 @@ def canonical_features(
     types: dict[str, Any] = {"messages": List(message), "tools": Value("string"), "text": Value("string")}
     types.update(prompt=List(message), chosen=List(message), rejected=List(message), completion=List(message))
     types["label"] = Value("bool") if stage == "kto" else label
+    types["answer"] = Value("string")
     columns = {c: types[c] for c in STAGE_COLUMNS[stage] if types[c] is not None}
     if invalid:
         columns["invalid"] = Value("string")

@@ -14,6 +14,11 @@ stop) or loses outright. The counts follow TRL's own preparation (`trl/trainer/*
 - cpt: the text plus EOS (TRL appends it) with the tokenizer's special tokens; packing with
   `bfd_split` or `wrapped` loses nothing, `bfd` (TRL's default) cuts each text to `max_length`.
 - classify: the text with the tokenizer's special tokens, cut to `max_length`.
+- prompt (GRPO, RLOO): the prompt with the generation prompt, which is all the data holds (the
+  completion is generated, up to `max_completion_length`). trl 1.16 dropped `max_prompt_length`:
+  GRPOConfig and RLOOConfig have no `max_length` either, and `_tokenize_prompts` never truncates a
+  prompt, so nothing is cut or dropped and every row is "whole". Should a config carry `max_length`
+  (a later TRL, a subclass), a prompt longer than it leaves no room to generate: it is "too_long".
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ def token_lengths(batch: dict[str, list], *, stage: str, tokenizer: Any) -> dict
     """Batched map fn: `_prompt_tokens` (tokens before the first trained one) and `_total_tokens` per row.
 
     For dpo/rm the total is the longer of prompt + chosen and prompt + rejected; cpt and classify
-    have no prompt (0). Conversations are rendered with the chat template (and the row's `tools`),
+    have no prompt (0); for prompt both are the prompt's length (nothing of the row is trained on). Conversations are rendered with the chat template (and the row's `tools`),
     then tokenised in one call without special tokens, exactly as `apply_chat_template` does.
     """
     check_stage(stage)
@@ -64,6 +69,10 @@ def token_lengths(batch: dict[str, list], *, stage: str, tokenizer: Any) -> dict
     for width in shapes:
         prompt_ids, full_ids = ids[start], ids[start + 1 : start + width]
         start += width
+        if not full_ids:  # stage prompt: the prompt is the whole sequence the data holds
+            prompts.append(len(prompt_ids))
+            totals.append(len(prompt_ids))
+            continue
         # TRL starts the answer where prompt and full sequence diverge (`common_prefix_length`).
         prompts.append(min(common_prefix_length(prompt_ids, full) for full in full_ids))
         totals.append(max(len(full) for full in full_ids))
@@ -72,6 +81,8 @@ def token_lengths(batch: dict[str, list], *, stage: str, tokenizer: Any) -> dict
 
 def conversations(row: dict, stage: str) -> tuple[list[dict], list[list[dict]]]:
     """The prompt messages and the full conversation(s) TRL tokenises for one canonical row."""
+    if stage == "prompt":  # online RL: no answer is tokenised with the prompt (the policy generates one)
+        return require_column(row, "prompt", stage), []
     if stage == "sft":
         messages = require_column(row, "messages", stage)
         first = next((i for i, m in enumerate(messages) if m.get("role") == "assistant"), len(messages))
@@ -135,7 +146,7 @@ def classify_lengths(
             classes.append(WHOLE)
         elif stage == "rm":  # RewardTrainer drops a pair that does not fit; it never truncates
             classes.append(TOO_LONG)
-        elif stage not in ("cpt", "classify") and prompt >= max_length:
+        elif stage not in ("cpt", "classify") and prompt >= max_length:  # prompt: total is the prompt
             classes.append(TOO_LONG)
         else:
             classes.append(TRUNCATED)

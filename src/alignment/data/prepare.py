@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from alignment.data.mixture import SOURCE_COLUMN, build_mixture
 from alignment.data.report import DataReport, SplitReport
+from alignment.stages import data_stage
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -35,7 +36,7 @@ def prepare_data(
     Returns the rows each split will train/evaluate on, in the stage's canonical columns; with
     `keep_all` (for `alignment data`), the rows before the length drops, which are only counted.
     """
-    stage = stage or recipe.stage
+    stage = stage or data_stage(recipe.stage)
     training = recipe.training
     num_proc = getattr(training, "dataset_num_proc", None)
     with training.main_process_first(desc="data"):

@@ -70,6 +70,14 @@ def render_trained(row: dict, stage: str, tokenizer: Any, recipe: Any, colour: b
     if stage in ("cpt", "classify"):
         text = row["text"] + (f"\n(label: {row['label']})" if stage == "classify" else "")
         return _mark([(text, stage == "cpt")], colour)
+    if stage == "prompt":  # online RL trains on generated completions: nothing of the row is marked
+        prompt = tokenizer.apply_chat_template(
+            row["prompt"], tools=tools, tokenize=False, add_generation_prompt=True
+        )
+        answer = row.get("answer")
+        return f"{prompt}\n--- answer (the reference a reward compares with) ---\n" + (
+            "(none)" if answer is None else answer
+        )
     if stage == "sft":
         every_token = not getattr(recipe.training, "assistant_only_loss", False)
         return _render_conversation(row["messages"], tokenizer, tools, colour, every_token)

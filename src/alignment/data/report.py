@@ -7,7 +7,7 @@ summarised in the model card. Other tools read these keys, so they are stable:
   `invalid` (reason -> count), `duplicates`, `decontaminated`, `rows_kept` (after weight/samples),
   and after length accounting `dropped_too_long`, `truncated`, `rows_trained`;
 - `splits`: for `train` (and `test`), `rows`, `dropped_too_long`, `truncated`, `rows_trained` and
-  `tokens` (p50, p90, p99, max of the untruncated sequence lengths).
+  `tokens` (p50, p90, p99, max of the untruncated sequence lengths; for stage prompt, of the prompts).
 
 Neither TRL nor datasets keeps such an account: TRL's SFT and DPO trainers drop over-long rows in a
 `filter` with no count, and its truncation cuts answers (and their end-of-turn) without a word.
@@ -116,6 +116,11 @@ class DataReport:
                 )
         for name, split in self.splits.items():
             tokens = ", ".join(f"{k} {v}" for k, v in split.tokens.items())
+            if self.stage == "prompt":
+                lines.append(
+                    f"{name}: {self._prompt_counts(split)}; prompt tokens {tokens or 'not measured'}"
+                )
+                continue
             lines.append(
                 f"{name}: {split.rows} rows, {split.dropped_too_long} dropped (prompt alone reaches "
                 f"max_length {self.max_length}), {split.truncated} truncated "
@@ -145,6 +150,9 @@ class DataReport:
                 lines.append(f"- `{s.id}` [{s.split}]: columns not read: {', '.join(s.unused_columns)}")
         for name, split in self.splits.items():
             tokens = ", ".join(f"{k} {v}" for k, v in split.tokens.items())
+            if self.stage == "prompt":
+                lines.append(f"- {name}: {self._prompt_counts(split)}; prompt tokens {tokens}")
+                continue
             lines.append(
                 f"- {name}: {split.rows_trained} of {split.rows} rows trained; {split.dropped_too_long} "
                 f"dropped because the prompt alone reaches max_length {self.max_length}; {split.truncated} "
@@ -153,6 +161,17 @@ class DataReport:
             )
         lines += [f"- {n}" for n in self.notes]
         return lines
+
+    def _prompt_counts(self, split: SplitReport) -> str:
+        """Stage prompt (GRPO, RLOO): prompts are never truncated; only a `max_length`, if any, drops some."""
+        if self.max_length is None:
+            return (
+                f"{split.rows_trained} of {split.rows} prompts trained (no max_length: prompts are not cut)"
+            )
+        return (
+            f"{split.rows_trained} of {split.rows} prompts trained, {split.dropped_too_long} dropped "
+            f"(longer than max_length {self.max_length})"
+        )
 
 
 def _align(rows: list[tuple[str, ...]]) -> list[str]:

@@ -1,8 +1,8 @@
 """Is a canonical row fit to train on? One reason string per row, so a data report can count them.
 
 TRL's trainers accept whatever rows they are given: a conversation that ends on a user turn, a pair whose
-chosen and rejected answers are the same, or a KTO label read as the string "False" trains silently on
-nonsense (or fails deep inside tokenisation). `validate_row` names the first problem of a row in the
+chosen and rejected answers are the same, a KTO label read as the string "False", or a GRPO prompt that
+ends on the assistant's own answer trains silently on nonsense (or fails deep inside tokenisation). `validate_row` names the first problem of a row in the
 shapes of `alignment.data.formats` (see `STAGE_COLUMNS` there), in the order the checks below run:
 the row's shape ("malformed row", "non-text content"), the KTO label, the order of turns, then what the
 stage needs of its answer.
@@ -23,8 +23,11 @@ CONSECUTIVE_ASSISTANT = "consecutive assistant turns"
 TOOL_WITHOUT_CALL = "tool result without a call"
 CALL_WITHOUT_TOOL = "tool call without a result"
 LAST_NOT_ASSISTANT = "last turn not assistant"
+EMPTY_PROMPT = "empty prompt"
+LAST_NOT_USER = "last turn not user"
 NO_USER_TURN = "prompt has no user turn"
 ANSWER_NOT_ASSISTANT = "answer not assistant"
+ANSWER_NOT_TEXT = "answer not text"
 EMPTY_ANSWER = "empty answer"
 CHOSEN_IS_REJECTED = "chosen equals rejected"
 LABEL_NOT_BOOL = "label not boolean"
@@ -45,8 +48,11 @@ INVALID_REASONS: tuple[str, ...] = (
     TOOL_WITHOUT_CALL,  # a tool message not after an assistant turn with tool_calls (or another tool message)
     CALL_WITHOUT_TOOL,  # an assistant turn with tool_calls followed by anything but its tool results
     LAST_NOT_ASSISTANT,  # sft: the conversation does not end on an assistant turn
+    EMPTY_PROMPT,  # prompt: no turns, or its final user turn is blank
+    LAST_NOT_USER,  # prompt: the prompt does not end on the user turn the policy answers
     NO_USER_TURN,  # sft, dpo, rm, kto: nothing a user asked
     ANSWER_NOT_ASSISTANT,  # dpo, rm, kto: chosen/rejected/completion not starting and ending on the assistant
+    ANSWER_NOT_TEXT,  # prompt: the reference answer is not a string (a number, several turns, a tool call)
     EMPTY_ANSWER,  # the final assistant answer is empty or whitespace and calls no tool
     CHOSEN_IS_REJECTED,
     EMPTY_TEXT,  # cpt, classify
@@ -54,7 +60,7 @@ INVALID_REASONS: tuple[str, ...] = (
 )
 
 ROLES = ("system", "user", "assistant", "tool")
-STAGES = ("sft", "dpo", "rm", "kto", "cpt", "classify")
+STAGES = ("sft", "dpo", "rm", "kto", "cpt", "classify", "prompt")
 
 
 class _Malformed(Exception):
@@ -80,6 +86,8 @@ def validate_row(row: dict, stage: str) -> str:
             return _check_preference(row)
         if stage == "kto":
             return _check_kto(row)
+        if stage == "prompt":
+            return _check_prompt(row)
         return _check_text(row, labelled=stage == "classify")
     except _Malformed as problem:
         return problem.reason
@@ -129,6 +137,27 @@ def _check_kto(row: dict) -> str:
     if not _has_user(prompt):
         return NO_USER_TURN
     return _answer_problem(completion)
+
+
+def _check_prompt(row: dict) -> str:
+    """A prompt for online RL (GRPO, RLOO) ending on the user turn to answer; `answer` None or text."""
+    prompt = _messages(row, "prompt")
+    _check_tools(row)
+    problem = _order_problem(prompt)
+    if problem:
+        return problem
+    if not prompt:
+        return EMPTY_PROMPT
+    if prompt[-1]["role"] != "user":
+        return LAST_NOT_USER
+    if not prompt[-1]["content"].strip():
+        return EMPTY_PROMPT
+    answer = row.get("answer")  # None: no reference (a reward model or a reference-free reward scores it)
+    if answer is None:
+        return ""
+    if not isinstance(answer, str):
+        return ANSWER_NOT_TEXT
+    return EMPTY_ANSWER if not answer.strip() else ""
 
 
 def _check_text(row: dict, labelled: bool) -> str:
