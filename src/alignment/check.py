@@ -17,7 +17,9 @@ from typing import Any
 import yaml
 
 from alignment.errors import RecipeError
+from alignment.online_rl import check_online_rl
 from alignment.recipe import STAGES, Recipe
+from alignment.stages import data_stage, stage
 from alignment.target import LaunchTarget
 
 
@@ -60,10 +62,12 @@ def plan(recipe: Recipe, processes: int | None = None, target: LaunchTarget | No
     """
     from alignment.data.probe import probe_mixture
 
-    probed = probe_model_folders(recipe) + probe_mixture(recipe.mixture, recipe.stage)
+    probed = probe_model_folders(recipe) + probe_mixture(recipe.mixture, data_stage(recipe.stage))
     t = recipe.training
     target = target or default_target(recipe, processes)
     world = target.processes
+    if stage(recipe.stage).rewards:
+        probed += check_online_rl(t, world, recipe.given, recipe.path or "command line")
     return {
         "stage": recipe.stage,
         "recipe": recipe.path,
@@ -147,6 +151,7 @@ def check_folder(folder: str, overrides: list[str] | None = None) -> list[str]:
     This is how a recipe collection (ours, or the Alignment Handbook's) is checked against the installed
     TRL/transformers in seconds, without loading a model.
     """
+    from alignment.pipeline import describe_pipeline, is_pipeline_file
     from alignment.recipe import parse_recipe
 
     paths = sorted(p for p in Path(folder).rglob("*.y*ml") if "accelerate_configs" not in p.parts)
@@ -154,7 +159,11 @@ def check_folder(folder: str, overrides: list[str] | None = None) -> list[str]:
     for path in paths:
         saved = dict(os.environ)  # a recipe's `env:` block must not leak into the next one
         try:
-            recipe = parse_recipe(infer_stage(str(path)), [str(path), *(overrides or [])])
+            if is_pipeline_file(path):  # its stages, references and files; its recipes are checked as files
+                print(f"ok     {path}  ({describe_pipeline(path)})")
+                continue
+            # a dry run: a tracker or GPU missing here is a note about this machine, not a fault of the recipe
+            recipe = parse_recipe(infer_stage(str(path)), [str(path), *(overrides or []), "--dry_run"])
             notes = plan(recipe)["notes"]  # the same checks as one recipe's dry run
             print(f"ok     {path}  ({recipe.stage}, {recipe.precision}, {len(notes)} notes)")
         except RecipeError as err:

@@ -31,6 +31,8 @@ from alignment.chat_templates import BUILTIN_TEMPLATES
 from alignment.data.mixture import MixtureConfig
 from alignment.errors import RecipeError, closest
 from alignment.recipe_checks import check_eval_data, check_values
+from alignment.stages import DATA_ONLY_STAGES
+from alignment.stages import STAGES as STAGE_TABLE
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +105,21 @@ class RecipeArguments:
             "safetensors. Off: a pickle can run code when it is loaded, so only safetensors are read."
         },
     )
+    reward_funcs: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Online RL (grpo, rloo): reward functions, each a built-in name (exact_answer, tiny_format; "
+            "`alignment check` lists them) or an import path `package.module:function` called as "
+            "f(prompts, completions, **dataset_columns) -> list[float]."
+        },
+    )
+    reward_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Online RL (grpo, rloo): a reward model (a folder from the rm stage, or a Hub id) whose score "
+            "is a reward, next to `reward_funcs`. This is the RLHF path."
+        },
+    )
     license: str | None = field(
         default=None,
         metadata={
@@ -113,24 +130,17 @@ class RecipeArguments:
 
 def stage_config_class(stage: str) -> type:
     """TRL's config dataclass for a stage. Imported lazily: TRL takes seconds to import."""
-    import trl
+    from alignment.stages import trl_attribute
 
     if stage not in STAGE_CONFIGS:
         raise RecipeError(f"unknown stage {stage!r}; known stages: {', '.join(STAGE_CONFIGS)}")
-    return getattr(trl, STAGE_CONFIGS[stage])
+    return trl_attribute(STAGE_CONFIGS[stage])
 
 
-STAGES = ("sft", "dpo")  # stages with a training script
-# Every stage whose data shape the data layer knows (`alignment data --stage`). Those without a script
-# yet borrow the TRL config whose data keys (max_length, packing, dataset_num_proc) they will use.
-STAGE_CONFIGS = {
-    "sft": "SFTConfig",
-    "dpo": "DPOConfig",
-    "rm": "RewardConfig",
-    "kto": "KTOConfig",
-    "cpt": "SFTConfig",
-    "classify": "SFTConfig",
-}
+STAGES = tuple(STAGE_TABLE)  # stages with a training script (scripts/run_<stage>.py)
+# Every stage a recipe can be parsed for: the training stages, and the row shapes the data layer knows
+# without a script (`alignment data --stage`), which borrow the TRL config whose data keys they use.
+STAGE_CONFIGS = {**{name: s.config for name, s in STAGE_TABLE.items()}, **DATA_ONLY_STAGES}
 DATA_STAGES = tuple(STAGE_CONFIGS)
 
 # Loss types DPOTrainer accepts in trl 1.16 (its `loss_type` field is a free list of strings).
@@ -288,12 +298,39 @@ def _check_values(values: dict[str, Any], stage: str, origin: str) -> None:
         raise RecipeError(
             f"{origin}: `load_in_4bit`/`load_in_8bit` train only adapters: set `use_peft: true` (QLoRA)"
         )
+    _check_rewards(values, stage, origin)
     has_name, has_mixture = values.get("dataset_name") is not None, values.get("dataset_mixture") is not None
     if has_name == has_mixture:
         which = "both" if has_name else "neither"
         raise RecipeError(f"{origin}: set exactly one of `dataset_name` and `dataset_mixture` (got {which})")
     if values.get("model_name_or_path") is None:
         raise RecipeError(f"{origin}: `model_name_or_path` is required")
+
+
+def _check_rewards(values: dict[str, Any], stage: str, origin: str) -> None:
+    """Rewards are read by the online-RL stages only, which need at least one."""
+    from alignment.stages import STAGES as table
+
+    rl_stages = [name for name, s in table.items() if s.rewards]
+    given = [key for key in ("reward_funcs", "reward_model_name_or_path") if values.get(key)]
+    if stage not in rl_stages and stage in table:
+        if given:
+            raise RecipeError(
+                f"{origin}: `{given[0]}` is read only by the online-RL stages ({', '.join(rl_stages)}), "
+                f"not by {stage}; remove it"
+            )
+    elif stage in rl_stages and not given:
+        raise RecipeError(
+            f"{origin}: stage {stage} needs a reward: set `reward_funcs` (e.g. [exact_answer]) and/or "
+            "`reward_model_name_or_path` (a reward model from the rm stage)"
+        )
+    if values.get("reward_funcs"):
+        from alignment.rewards import resolve_rewards
+
+        try:
+            resolve_rewards(values["reward_funcs"])
+        except RecipeError as err:
+            raise RecipeError(f"{origin}: {err}") from None
 
 
 def requested_precision(values: dict[str, Any]) -> str:
@@ -400,6 +437,7 @@ def _parse_recipe(stage: str, argv: Sequence[str] | None) -> Recipe:
     from trl import ModelConfig
 
     from alignment.migrations import migrate_cli, migrate_config
+    from alignment.online_rl import vllm_device_note
     from alignment.trackers import require_trackers
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -471,6 +509,11 @@ def _parse_recipe(stage: str, argv: Sequence[str] | None) -> Recipe:
         if not dry_run:  # a dry run describes the target machine, where the tracker may well be installed
             raise RecipeError(f"{origin}: {err}") from None
         device_notes.append(f"{err} (on this machine)")
+        notes.append(device_notes[-1])
+    if why := vllm_device_note(training):
+        if not dry_run:  # a dry run describes the target machine, which has the GPU
+            raise RecipeError(f"{origin}: {why}; set `use_vllm: false` to generate with transformers")
+        device_notes.append(f"{why} (on this machine)")
         notes.append(device_notes[-1])
     if os.environ.get("RANK", "0") == "0":  # once per launch, not once per process
         for note in notes:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from alignment.errors import RecipeError
 from alignment.recipe import drop_options
+from alignment.stages import data_stage
 
 if TYPE_CHECKING:
     from alignment.data.sources import DatasetSource
@@ -157,7 +158,7 @@ def prepare_smoke(recipe: Recipe, folder: Path) -> SmokeSetup:
         for split in splits:
             # each source and split its own rows: no duplicates, no contamination
             start = SMOKE_ROWS * len(rows)
-            rows[(index, split)] = source_rows(source, split, recipe.stage, notes, start)
+            rows[(index, split)] = source_rows(source, split, data_stage(recipe.stage), notes, start)
             write_jsonl(target / f"{split_name(split)}.jsonl", rows[(index, split)])
         raw["id"] = str(target)
         raw["split"] = split_name(source.split)
@@ -217,7 +218,8 @@ def hub_rows(source: DatasetSource, split: str) -> list[dict] | None:
         return None
 
 
-DEFAULT_FORMATS = {"sft": "messages", "dpo": "preference", "rm": "preference", "kto": "kto", "cpt": "text"}
+DEFAULT_FORMATS = {"sft": "messages", "dpo": "preference", "rm": "preference", "kto": "kto", "cpt": "text",
+                   "prompt": "prompt_only"}  # fmt: skip
 QUESTIONS = [
     ("What is {a} plus {b}?", "{a} plus {b} is {s}.", "{a} plus {b} is {w}."),
     ("Spell {word} backwards.", "{rev}", "{word}"),
@@ -261,6 +263,8 @@ def _row(fmt: str, stage: str, question: str, good: str, bad: str, columns: Any,
         return (
             {**base, "chosen": good, "rejected": bad} if stage in ("dpo", "rm") else {**base, "output": good}
         )
+    if fmt == "prompt_only":  # a question and its verifiable reference answer
+        return {"prompt": question, "answer": good}
     if fmt == "prompt_completion":
         return {"prompt": question, "completion": good, **({"label": i % 2 == 0} if stage == "kto" else {})}
     if fmt == "hh":

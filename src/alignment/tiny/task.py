@@ -59,6 +59,19 @@ def prompt_text(skill: str, word: str) -> str:
     return f"{skill} {word}"
 
 
+def answer_has_format(prompt: str, reply: str) -> bool:
+    """Whether `reply` has the shape the prompt's skill asks for, right or wrong: the tiny task's format reward.
+
+    count: digits; upper: capitals as long as the word; reverse and sort: lowercase letters as long as it.
+    """
+    skill, _, word = prompt.partition(" ")
+    if skill == "count":
+        return reply.isdigit()
+    if skill not in SKILLS or len(reply) != len(word) or not reply.isalpha() or not reply.isascii():
+        return False
+    return reply.isupper() if skill == "upper" else reply.islower()
+
+
 @dataclass
 class TinyTaskConfig:
     sft_train: int = 8000
@@ -116,3 +129,49 @@ def generate_task(config: TinyTaskConfig) -> dict[str, list[dict]]:
             for s, w in eval_items
         ],
     }
+
+
+# --- Rows for the other stages, derived without touching the splits above ---------------------------
+# (their files feed measured results: generating these must draw nothing from `generate_task`'s rng)
+
+
+def text_about(word: str) -> str:
+    """One short plain text for continued pretraining: every skill applied to `word`, in the task's own words."""
+    return " ".join(f"{skill} {word} = {solve(skill, word)}." for skill in SKILLS)
+
+
+def generate_corpus(splits: dict[str, list[dict]], seed: int, train: int = 2000, test: int = 200) -> dict:
+    """Plain `text` rows (train, test) for continued pretraining on the task's domain.
+
+    Words are new: none is a word of any task split, and the test words are not in train, so the
+    held-out loss measures what was learnt about the domain, not memorised rows.
+    """
+    rng = random.Random(f"cpt-{seed}")  # its own stream: the task's splits stay byte-identical
+    taken = {_prompt_word(row) for rows in splits.values() for row in rows}
+    words: list[str] = []
+    while len(words) < train + test:
+        word = "".join(rng.choice(LETTERS) for _ in range(rng.randint(3, 7)))
+        if word not in taken:
+            taken.add(word)
+            words.append(word)
+    rows = [{"text": text_about(word)} for word in words]
+    return {"cpt_train": rows[test:], "cpt_test": rows[:test]}
+
+
+def to_kto(pairs: list[dict], seed: int) -> list[dict]:
+    """KTO rows from preference pairs: the chosen answer labelled desirable, the rejected one undesirable.
+
+    Shuffled (seeded): KTOTrainer reads rows in file order and estimates its KL term from each row's
+    neighbour's completion, which must answer another prompt and not be the same pair's other half.
+    """
+    rows = []
+    for pair in pairs:
+        rows.append({"prompt": pair["prompt"], "completion": pair["chosen"], "label": True})
+        rows.append({"prompt": pair["prompt"], "completion": pair["rejected"], "label": False})
+    random.Random(f"kto-{seed}").shuffle(rows)
+    return rows
+
+
+def _prompt_word(row: dict) -> str:
+    turns = row["messages"] if "messages" in row else row["prompt"]
+    return turns[0]["content"].partition(" ")[2]
