@@ -11,10 +11,12 @@ import pytest
 import yaml
 
 from alignment.check import infer_stage, plan
+from alignment.pipeline import is_pipeline_file
 from alignment.recipe import parse_recipe
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPE_FILES = sorted((REPO / "recipes").glob("**/*.yaml"))
+# Pipeline files (a `stages:` list) are not stage recipes: tests/test_pipeline.py loads them.
+RECIPE_FILES = sorted(p for p in (REPO / "recipes").glob("**/*.yaml") if not is_pipeline_file(p))
 ACCELERATE_CONFIGS = sorted((REPO / "accelerate_configs").glob("*.yaml"))
 ZEPHYR_SFT_FULL = REPO / "recipes" / "zephyr-7b-beta" / "sft" / "config_full.yaml"
 

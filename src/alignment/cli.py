@@ -10,6 +10,7 @@
     alignment demo
     alignment merge ADAPTER --output_dir DIR     # a LoRA stage's adapter merged into its base
     alignment rerun OUTPUT_DIR/run_manifest.json [--key value ...]   # repeat a run, its recipe as recorded
+    alignment run PIPELINE.yaml [--from STAGE | --only STAGE] [--dry_run]   # stages in order, one process each
 
 `alignment sft R --accelerate_config F` is `accelerate launch --config_file F scripts/run_sft.py R`.
 Every subcommand has `--help`; recipe keys pass through as `--key value`.
@@ -136,6 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--num_processes", type=_positive, help="Processes to launch (default: the recorded world size)."
     )
     rerun.add_argument("--accelerate_config", metavar="FILE", help=LAUNCH_HELP["accelerate_config"])
+    pipeline = sub.add_parser(
+        "run",
+        help="Run a pipeline: its stages in order, each in its own process, the output of one the model of "
+        "the next; a finished, unchanged stage is skipped.",
+        description="Run each stage of PIPELINE (scripts/run_<stage>.py, through `accelerate launch` when the "
+        "pipeline names a config or process count); logs in its log_dir. A stage is skipped when its "
+        "output_dir holds a finished run of the same resolved recipe and input model.",
+        allow_abbrev=False,
+    )
+    from alignment.pipeline import add_pipeline_arguments
+
+    add_pipeline_arguments(pipeline)
     return parser
 
 
@@ -151,7 +164,9 @@ def run_check(options: argparse.Namespace, overrides: list[str]) -> None:
             raise RecipeError("alignment check --smoke: give one recipe file, not a folder")
         failed = check_folder(options.recipe, overrides)
         raise SystemExit(1 if failed else 0)
-    recipe = parse_recipe(options.stage or infer_stage(options.recipe), [options.recipe, *overrides])
+    # parsed as a dry run: a tracker or GPU missing on this machine is a note (the smoke run reports to none)
+    stage = options.stage or infer_stage(options.recipe)
+    recipe = parse_recipe(stage, [options.recipe, *overrides, "--dry_run"])
     if options.smoke:
         from alignment.smoke import smoke_run
 
@@ -215,6 +230,10 @@ def main(argv: list[str] | None = None) -> None:
         from alignment.manifest import rerun
 
         raise SystemExit(rerun(options.manifest, overrides, options.accelerate_config, options.num_processes))
+    elif options.command == "run":
+        from alignment.pipeline import run_from_options
+
+        raise SystemExit(run_from_options(options))
     elif options.command == "demo":
         from alignment.tiny.demo import run_demo
 
