@@ -164,6 +164,12 @@ def run_check(options: argparse.Namespace, overrides: list[str]) -> None:
             raise RecipeError("alignment check --smoke: give one recipe file, not a folder")
         failed = check_folder(options.recipe, overrides)
         raise SystemExit(1 if failed else 0)
+    from alignment.pipeline import describe_pipeline, is_pipeline_file
+
+    # a pipeline file, as `check FOLDER` reports one (its stages, references, files); `run --dry_run` shows more
+    if is_pipeline_file(options.recipe):
+        print(f"ok     {options.recipe}  ({describe_pipeline(options.recipe)})")
+        return
     # parsed as a dry run: a tracker or GPU missing on this machine is a note (the smoke run reports to none)
     stage = options.stage or infer_stage(options.recipe)
     recipe = parse_recipe(stage, [options.recipe, *overrides, "--dry_run"])

@@ -5,14 +5,16 @@
 A dry run reads the recipe and the first rows of local data; it cannot see a loss that needs a column
 the rows lack, a template that breaks on the real rows, or a PEFT/quantization setup that fails once
 a model exists. A smoke run runs the recipe's own stage script (its trainer, loss, template, PEFT and
-quantization where the CPU allows, and its mixture's shape) with two substitutions, both logged:
+quantization where the CPU allows, and its mixture's shape) with these substitutions, each logged:
 
 - the model: a tiny random one of the same architecture family, shrunk from the local or cached
   `config.json` (never downloaded), with the model's own tokenizer when it is local or cached; else a
   tiny Llama with a character-level tokenizer;
 - the data: the first rows of each local source (its `format`, `columns` and `tags` kept), or, for a
   Hub source, its first rows when the Hub is reachable and else rows generated in the source's
-  declared format and columns.
+  declared format and columns;
+- online RL (grpo, rloo): generation with transformers instead of vLLM (which needs a CUDA GPU), groups
+  of 2 short answers, and the smoke model with a new one-output head as the reward model.
 
 No other recipe tool has this; TRL and the Alignment Handbook offer only the full run.
 """
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from alignment.errors import RecipeError
 from alignment.recipe import drop_options
-from alignment.stages import data_stage
+from alignment.stages import data_stage, stage
 
 if TYPE_CHECKING:
     from alignment.data.sources import DatasetSource
@@ -71,6 +73,10 @@ SMOKE_OVERRIDES = {
     "dataset_num_proc": 1,
     "dataloader_num_workers": 0,
 }
+# Online RL on a CPU: vLLM needs CUDA; 2 answers are the smallest group with a leave-one-out baseline (and
+# fill the smoke batch of 2); at most 16 tokens each keep sampling to a second.
+ONLINE_RL_OVERRIDES = {"use_vllm": False, "num_generations": 2}
+SMOKE_COMPLETION_TOKENS = 16
 DATA_KEYS = (
     "dataset_name", "dataset_config", "dataset_train_split", "dataset_test_split", "dataset_mixture",
     "datasets", "dataset_streaming", "streaming", "dataset_mixer", "dataset_splits",
@@ -86,6 +92,7 @@ class SmokeSetup:
     model: Path
     mixture: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    overrides: dict[str, Any] = field(default_factory=dict)  # stage keys replaced on the command line
 
 
 def smoke_run(recipe: Recipe, argv_overrides: list[str], keep: bool = False) -> int:
@@ -100,8 +107,9 @@ def smoke_run(recipe: Recipe, argv_overrides: list[str], keep: bool = False) -> 
     for note in setup.notes:
         logger.warning(f"smoke: {note}")
     smoke_recipe = write_smoke_recipe(recipe, setup)
-    kept, _ = drop_options(argv_overrides, (*DATA_KEYS, *MODEL_KEYS))  # already resolved into `setup`
-    overrides = [*kept, *smoke_cli(folder)]
+    # already resolved into `setup`
+    kept, _ = drop_options(argv_overrides, (*DATA_KEYS, *MODEL_KEYS, *setup.overrides))
+    overrides = [*kept, *smoke_cli(folder, recipe.training, setup.overrides)]
     logger.warning(f"smoke: running {recipe.stage} for {SMOKE_STEPS} steps on CPU in {folder}")
     status = run_script_here(recipe.stage, [str(smoke_recipe), *overrides])
     if status == 0:
@@ -171,7 +179,26 @@ def prepare_smoke(recipe: Recipe, folder: Path) -> SmokeSetup:
         mixture["test_split"] = split_name(recipe.mixture.test_split)
     texts = [json.dumps(r) for part in rows.values() for r in part]
     model = build_smoke_model(recipe, folder / "model", texts, notes)
-    return SmokeSetup(folder=folder, model=model, mixture=mixture, notes=notes)
+    overrides = online_rl_overrides(recipe, model, notes) if stage(recipe.stage).rewards else {}
+    return SmokeSetup(folder=folder, model=model, mixture=mixture, notes=notes, overrides=overrides)
+
+
+def online_rl_overrides(recipe: Recipe, model: Path, notes: list[str]) -> dict[str, Any]:
+    """What an online-RL recipe runs with on a CPU (ONLINE_RL_OVERRIDES, and the reward model), each noted."""
+    training = recipe.training
+    shortest = min(training.max_completion_length or SMOKE_COMPLETION_TOKENS, SMOKE_COMPLETION_TOKENS)
+    overrides = {}
+    for key, value in {**ONLINE_RL_OVERRIDES, "max_completion_length": shortest}.items():
+        if getattr(training, key) != value:
+            overrides[key] = value
+            notes.append(f"{key}: {getattr(training, key)} -> {value}")
+    if recipe.args.reward_model_name_or_path:
+        # the smoke policy under a new one-output head (random scores): the reward model's code path, not its skill
+        overrides["reward_model_name_or_path"] = str(model)
+        notes.append(
+            f"reward model: {recipe.args.reward_model_name_or_path} -> the smoke model with a new one-output head"
+        )
+    return overrides
 
 
 # --- Data ----------------------------------------------------------------------------------------------
@@ -190,7 +217,7 @@ def source_rows(
     if first is not None:
         notes.append(f"{source.label} [{split}]: its first {len(first)} rows, streamed from the Hub")
         return first
-    fmt = source.format or DEFAULT_FORMATS.get(stage, "messages")
+    fmt = generated_format(source, stage)
     notes.append(
         f"{source.label} [{split}]: on the Hub and not reachable: {SMOKE_ROWS} rows generated in the "
         f"{fmt} format" + (f" with its columns {source.columns}" if source.columns else "")
@@ -218,6 +245,20 @@ def hub_rows(source: DatasetSource, split: str) -> list[dict] | None:
         return None
 
 
+def generated_format(source: DatasetSource, stage: str) -> str:
+    """The format to generate rows in: the source's own, else the one its `columns` name, else the stage's."""
+    if source.format:
+        return source.format
+    columns = source.columns or []
+    names = set(columns.keys() if isinstance(columns, dict) else columns)
+    for needed, fmt in COLUMN_FORMATS:  # e.g. UltraFeedback's pairs read for their prompts by grpo/rloo
+        if needed <= names:
+            return fmt
+    return DEFAULT_FORMATS.get(stage, "messages")
+
+
+COLUMN_FORMATS = (({"chosen", "rejected"}, "preference"), ({"prompt", "completion"}, "prompt_completion"),
+                  ({"messages"}, "messages"))  # fmt: skip
 DEFAULT_FORMATS = {"sft": "messages", "dpo": "preference", "rm": "preference", "kto": "kto", "cpt": "text",
                    "prompt": "prompt_only"}  # fmt: skip
 QUESTIONS = [
@@ -303,7 +344,7 @@ def build_smoke_model(recipe: Recipe, folder: Path, texts: list[str], notes: lis
         notes.append(
             f"tokenizer: {source} is neither local nor cached: a character-level one built from the rows"
         )
-    positions = max(recipe.training.max_length or 0, 128)
+    positions = max(getattr(recipe.training, "max_length", None) or 0, 128)  # GRPO/RLOO have no max_length
     config = shrunk_config(*found, len(tokenizer), positions, notes) if found else None
     if config is None:
         config = tiny_llama_config(len(tokenizer), positions)
@@ -402,9 +443,11 @@ def write_smoke_recipe(recipe: Recipe, setup: SmokeSetup) -> Path:
     return path
 
 
-def smoke_cli(folder: Path) -> list[str]:
+def smoke_cli(folder: Path, training: Any = None, extra: dict[str, Any] | None = None) -> list[str]:
+    # only the keys the stage's config has: RLOOConfig has no dataset_num_proc, and would refuse it
+    values = {k: v for k, v in SMOKE_OVERRIDES.items() if training is None or hasattr(training, k)}
     out = []
-    for key, value in {**SMOKE_OVERRIDES, "output_dir": str(folder / "out")}.items():
+    for key, value in {**values, **(extra or {}), "output_dir": str(folder / "out")}.items():
         out += [f"--{key}", json.dumps(value) if isinstance(value, bool) else str(value)]
     return out
 
