@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e ".[$(EXTRAS)]"
 	@touch $(STAMP)
 
-# Embedded pipeline on CPU: build the tiny model and task, SFT then DPO, held-out numbers.
+# Embedded pipeline on CPU: build the tiny model and task, run recipes/tiny/pipeline.yaml, held-out numbers per stage.
 demo: install
 	$(PY) -m alignment.cli demo
 

@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
 TINY_SFT = RECIPES / "tiny" / "sft" / "config.yaml"
 TINY_DPO = RECIPES / "tiny" / "dpo" / "config.yaml"
+TINY_RM = RECIPES / "tiny" / "rm" / "config.yaml"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -72,4 +73,14 @@ def sft_model(tiny_data: Path) -> Path:
     if not (out / "model.safetensors").exists():
         shutil.rmtree(out, ignore_errors=True)
         run_script("sft", TINY_SFT, *QUICK, "--max_steps", "80", "--save_steps", "40", cwd=tiny_data)
+    return out
+
+
+@pytest.fixture(scope="session")
+def rm_model(tiny_data: Path, sft_model: Path) -> Path:
+    """A tiny reward model trained once for the session: recipes/tiny/rm/config.yaml as is, on `sft_model`."""
+    out = tiny_data / "runs" / "tiny" / "rm"  # the recipe's output_dir; its model_name_or_path is sft_model
+    if not (out / "model.safetensors").exists():
+        shutil.rmtree(out, ignore_errors=True)
+        run_script("rm", TINY_RM, *QUICK, cwd=tiny_data)
     return out

@@ -113,20 +113,27 @@ def test_check_is_quiet_apart_from_the_plan(workdir):
 
 @pytest.mark.slow
 def test_demo_shows_real_learning(tmp_path):
-    """The whole embedded pipeline, as `make demo` runs it: SFT must learn, DPO must fix the miscounts."""
+    """The whole embedded pipeline, as `make demo` runs it (recipes/tiny/pipeline.yaml), each stage's metric.
+
+    SFT learns the skills and the annotator's miscount; DPO (offline pairs) and GRPO (against a
+    checker) each fix the count from the SFT model; the reward model ranks held-out pairs.
+    """
     (tmp_path / "scripts").symlink_to(REPO / "scripts")
     (tmp_path / "recipes").symlink_to(REPO / "recipes")
     done = alignment("demo", cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     results = json.loads((tmp_path / "runs" / "tiny" / "demo_results.json").read_text())
+    assert list(results) == ["base", "cpt", "sft", "rm", "dpo", "grpo", "total"]
     base, sft, dpo = results["base"], results["sft"], results["dpo"]
     assert base["exact_match/all"] < 0.05
-    assert (
-        sft["exact_match/all"] > 0.6 and sft["exact_match/count"] < 0.3
-    )  # learned the skills, and the miscount
+    assert results["cpt"]["text_loss"] < 3.2  # from ~4.6 (uniform over the ~110 tokens)
+    assert sft["exact_match/all"] > 0.5 and sft["exact_match/count"] < 0.3  # the skills, and the miscount
+    assert results["rm"]["rm_accuracy/all"] > 0.75 and results["rm"]["rm_accuracy/count"] > 0.9
     assert dpo["exact_match/all"] > sft["exact_match/all"] + 0.15 and dpo["exact_match/count"] > 0.7
     assert dpo["dpo_reward_accuracy"] > 0.9
-    assert "| dpo |" in done.stdout
+    assert results["grpo"]["exact_match/all"] > sft["exact_match/all"] + 0.1
+    for row in ("| cpt |", "| rm |", "| grpo |"):
+        assert row in done.stdout
     assert "FutureWarning" not in done.stdout + done.stderr
 
 

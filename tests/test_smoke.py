@@ -21,7 +21,9 @@ from .conftest import RECIPES, TINY_SFT
 # Every stage recipe but the tiny ones, which the suite trains for real (test_train_*, test_stages,
 # test_online_rl, test_pipeline); pipeline files are lists of recipes, not recipes.
 EVERY_RECIPE = sorted(
-    p for p in RECIPES.rglob("*.yaml") if "tiny" not in p.relative_to(RECIPES).parts and not is_pipeline_file(p)
+    p
+    for p in RECIPES.rglob("*.yaml")
+    if "tiny" not in p.relative_to(RECIPES).parts and not is_pipeline_file(p)
 )
 
 # A Qwen2 config.json as the Hub serves it (the fields that matter here), for a model we cannot download.

@@ -111,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument("dir", nargs="?", help="Where to write (default: data/tiny).")
     sub.add_parser(
-        "demo", help="Build the tiny task, run SFT then DPO, print held-out numbers (CPU, ~2 min)."
+        "demo",
+        help="Build the tiny task, run recipes/tiny/pipeline.yaml (CPT, SFT, RM, DPO, GRPO), print "
+        "held-out numbers per stage (CPU, ~5 min).",
     )
     merge = sub.add_parser(
         "merge",

@@ -101,3 +101,72 @@ def preference_accuracy(model: Any, tokenizer: Any, pairs: list[dict], reference
         diff = margin(model, pair) - (margin(reference, pair) if reference is not None else 0.0)
         correct += diff > 0
     return correct / len(pairs)
+
+
+def pair_skill(pair: dict) -> str | None:
+    """The tiny task's skill of a pair: its `skill` field, else the prompt's first word if that names a skill."""
+    from alignment.tiny.task import SKILLS
+
+    if "skill" in pair:
+        return pair["skill"]
+    prompt = pair.get("prompt") or ""
+    text = prompt if isinstance(prompt, str) else str(prompt[-1].get("content") or "") if prompt else ""
+    first = text.split(maxsplit=1)[0] if text.strip() else ""
+    return first if first in SKILLS else None
+
+
+def prompt_of(pair: dict) -> Any:
+    """A pair's explicit prompt, or an empty one of the answers' kind (messages or text) when it has none."""
+    return pair.get("prompt") or ([] if isinstance(pair["chosen"], list) else "")
+
+
+def reward_scores(model: Any, tokenizer: Any, conversations: list[Any], batch_size: int = 100) -> list[float]:
+    """The reward model's score of each text or conversation, tokenised as TRL's RewardTrainer does.
+
+    A conversation goes through the tokenizer's chat template; a plain text gets the EOS token
+    appended (TRL adds it to non-conversational rows). Padding goes right: the head reads the last
+    non-pad token.
+    """
+    import torch
+
+    tokenizer.padding_side = "right"
+    model.config.pad_token_id = tokenizer.pad_token_id
+    scores: list[float] = []
+    for start in range(0, len(conversations), batch_size):
+        batch = conversations[start : start + batch_size]
+        ids = [
+            tokenizer.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"]
+            if isinstance(c, list)
+            else tokenizer(c if c.endswith(tokenizer.eos_token) else c + tokenizer.eos_token)["input_ids"]
+            for c in batch
+        ]
+        padded = tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**padded).logits[:, 0].float()
+        scores += logits.tolist()
+    return scores
+
+
+def reward_accuracy(model_dir: str | Path, pairs: list[dict]) -> dict[str, float]:
+    """Held-out pairwise accuracy of a saved reward model: score(prompt + chosen) > score(prompt + rejected).
+
+    Strict (a tie is wrong), with the folder's own tokenizer and chat template; overall ("all") and
+    per skill of the tiny task where a pair has one (`pair_skill`).
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, use_safetensors=True)
+    model.eval()
+    # An explicit prompt is prepended to both answers, as TRL does when it trains the model
+    chosen = [prompt_of(pair) + pair["chosen"] for pair in pairs]
+    rejected = [prompt_of(pair) + pair["rejected"] for pair in pairs]
+    wins = [c > r for c, r in zip(reward_scores(model, tokenizer, chosen), reward_scores(model, tokenizer, rejected),
+                                  strict=True)]  # fmt: skip
+    hits: dict[str, list[bool]] = defaultdict(list)
+    for pair, win in zip(pairs, wins, strict=True):
+        hits["all"].append(win)
+        skill = pair_skill(pair)
+        if skill is not None:
+            hits[skill].append(win)
+    return {skill: sum(v) / len(v) for skill, v in hits.items()}

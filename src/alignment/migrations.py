@@ -58,7 +58,7 @@ LEGACY_KEYS = (
         "max_prompt_length",
         None,
         "by trl 1.16",
-        "DPO/KTO truncate the whole sequence to `max_length` (see `truncation_mode`); "
+        "DPO/KTO/ORPO/CPO truncate the whole sequence to `max_length` (DPO/KTO: see `truncation_mode`); "
         "there is no separate prompt limit",
     ),
     LegacyKey(

@@ -32,6 +32,8 @@ def build_trainer(recipe: Recipe, tokenizer: Any, datasets: Any) -> Any:
     if spec.reference:
         extra["ref_model"] = load_reference_model(recipe, tokenizer)
     trainer_class = trl_attribute(spec.trainer)
+    if spec.trainer.startswith("experimental."):  # ORPO, CPO
+        datasets = render_pairs(datasets, tokenizer)
     return trainer_class(
         model=model,
         args=recipe.training,
@@ -42,6 +44,34 @@ def build_trainer(recipe: Recipe, tokenizer: Any, datasets: Any) -> Any:
         callbacks=stage_callbacks(),
         **extra,
     )
+
+
+def render_pairs(datasets: Any, tokenizer: Any) -> Any:
+    """Conversational pairs rendered to text with the chat template, as new string columns.
+
+    trl.experimental's ORPO and CPO trainers apply the chat template by mapping `prompt`/`chosen`/
+    `rejected` to strings in place; `datasets` then keeps our columns' message type (`Json`, even
+    through `remove_columns`) and splits each string into characters. Rendered here (TRL's own
+    `apply_chat_template`, the row's `tools` included) into string columns, the rows reach those
+    trainers as text, which they take as it is.
+    """
+    import json
+
+    from datasets import Features, Value
+    from trl.data_utils import apply_chat_template
+
+    def render(row: dict) -> dict:
+        pair = {key: row[key] for key in ("prompt", "chosen", "rejected")}
+        tools = json.loads(row["tools"]) if row.get("tools") else None
+        return apply_chat_template(pair, tokenizer, tools=tools)
+
+    text = Features({key: Value("string") for key in ("prompt", "chosen", "rejected")})
+    return {
+        name: rows.map(
+            render, remove_columns=rows.column_names, features=text, desc=f"Rendering {name} pairs"
+        )
+        for name, rows in datasets.items()
+    }
 
 
 def load_rewards(recipe: Recipe) -> tuple[list[Any], list[Any]]:

@@ -197,7 +197,9 @@ def save_final_model_whole(trainer: Any) -> None:
         if trainer.args.should_save:
             # A PEFT save writes only the adapter: the generation config (EOS = end of turn) goes beside it.
             # A reward model (sequence classification) generates nothing and has none.
-            generation_config = getattr(trainer.accelerator.unwrap_model(trainer.model), "generation_config", None)
+            generation_config = getattr(
+                trainer.accelerator.unwrap_model(trainer.model), "generation_config", None
+            )
             if generation_config is not None:
                 generation_config.save_pretrained(partial)
             move_into_place(partial, final)
@@ -250,6 +252,8 @@ def write_model_card(
     if adapter is not None:
         kind = adapter.get("peft_type", "PEFT")
         summary = f"A {kind} adapter (PEFT) for `{base}`, trained in the **{recipe.stage.upper()}** stage"
+    elif is_reward_model(recipe):
+        summary = f"A reward model (`{base}` with a one-output score head), trained in the **RM** stage"
     else:
         summary = f"`{base}` after the **{recipe.stage.upper()}** stage"
     versions = (
@@ -309,9 +313,16 @@ def card_data(output_dir: Path, recipe: Recipe, extra_tags: list[str] | None = N
         library_name="peft" if adapter is not None else "transformers",
         license=recipe.args.license,
         datasets=datasets or None,
-        pipeline_tag="text-generation",
+        pipeline_tag="text-classification" if is_reward_model(recipe) else "text-generation",
         tags=tags,
     )
+
+
+def is_reward_model(recipe: Recipe) -> bool:
+    """The stage trains a scorer (sequence classification, one output), not a generator."""
+    from alignment.stages import STAGES
+
+    return recipe.stage in STAGES and STAGES[recipe.stage].head == "reward"
 
 
 def hub_id(name: str | None) -> str | None:

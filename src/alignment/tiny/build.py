@@ -2,8 +2,9 @@
 
 Everything is generated locally and deterministically (no Hub access): `alignment tiny build [DIR]`
 writes DIR/model (tokenizer + randomly initialised model), DIR/sft (OpenAI messages), DIR/sft_sharegpt
-(the last quarter of the conversations, as ShareGPT), DIR/dpo (train/test JSONL each) and DIR/eval.jsonl
-(held-out prompts with their answers).
+(the last quarter of the conversations, as ShareGPT), DIR/dpo (train/test JSONL each), DIR/cpt (plain
+text), DIR/kto (labelled answers), DIR/rm (reward-model pairs) and DIR/eval.jsonl (held-out prompts
+with their answers).
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from alignment.chat_templates import CHATML, PAD_TOKEN
-from alignment.tiny.task import SKILLS, TinyTaskConfig, generate_task
+from alignment.tiny.task import (
+    SKILLS,
+    TinyTaskConfig,
+    generate_corpus,
+    generate_rm_pairs,
+    generate_task,
+    to_kto,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +135,15 @@ def build_tiny(
     write_jsonl(out / "dpo" / "train.jsonl", splits["dpo_train"])
     write_jsonl(out / "dpo" / "test.jsonl", splits["dpo_test"])
     write_jsonl(out / "eval.jsonl", splits["eval"])
+    # The other stages' rows, each derived apart so the files above stay as they were: plain text about
+    # new words (cpt), and the DPO pairs unpaired into labelled answers (kto, train and test alike).
+    corpus = generate_corpus(splits, task.seed)
+    for split in ("train", "test"):
+        write_jsonl(out / "cpt" / f"{split}.jsonl", corpus[f"cpt_{split}"])
+        write_jsonl(out / "kto" / f"{split}.jsonl", to_kto(splits[f"dpo_{split}"], task.seed))
+    # A reward model's pairs: new prompts with every plausible mistake each; held out on the DPO test pairs.
+    write_jsonl(out / "rm" / "train.jsonl", generate_rm_pairs(splits, task.seed))
+    write_jsonl(out / "rm" / "test.jsonl", splits["dpo_test"])
 
     corpus = [m["content"] for row in splits["sft_train"] for m in row["messages"]]
     tokenizer = build_tokenizer(corpus)

@@ -1,7 +1,9 @@
-"""`make demo`: the embedded pipeline end to end on a CPU, with held-out numbers before and after each stage.
+"""`make demo`: the embedded pipeline end to end on a CPU, with held-out numbers after each stage.
 
-Builds the tiny model and task, runs SFT then DPO through the same scripts and recipes a user runs,
-and scores each model on prompts no stage trained on.
+Builds the tiny model and task, then runs recipes/tiny/pipeline.yaml (continued pretraining, SFT, a
+reward model, DPO, and online RL against a checker) through the same
+pipeline runner, scripts and recipes a user runs, and scores each stage's model on prompts no stage
+trained on.
 """
 
 from __future__ import annotations
@@ -10,17 +12,17 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
-from alignment.evaluation import exact_match, load_for_eval, preference_accuracy, read_jsonl
-from alignment.launch import run_stage
+from alignment.evaluation import exact_match, load_for_eval, preference_accuracy, read_jsonl, reward_accuracy
 from alignment.tiny.build import DEFAULT_DIR, build_tiny
 from alignment.tiny.task import SKILLS
 
-STAGES = (("sft", "recipes/tiny/sft/config.yaml", "runs/tiny/sft"),
-          ("dpo", "recipes/tiny/dpo/config.yaml", "runs/tiny/dpo"))  # fmt: skip
+PIPELINE = "recipes/tiny/pipeline.yaml"
 
 
 def score(model_dir: str | Path, data_dir: Path, reference_dir: str | Path | None = None) -> dict[str, float]:
+    """Exact match (greedy, per skill, and sampled) and preference accuracy of a policy on held-out data."""
     model, tokenizer = load_for_eval(model_dir)
     rows, pairs = read_jsonl(data_dir / "eval.jsonl"), read_jsonl(data_dir / "dpo" / "test.jsonl")
     greedy = exact_match(model, tokenizer, rows)
@@ -33,27 +35,38 @@ def score(model_dir: str | Path, data_dir: Path, reference_dir: str | Path | Non
     return result
 
 
-def run_demo(data_dir: str = DEFAULT_DIR, runs_dir: str = "runs/tiny") -> dict[str, dict[str, float]]:
+def score_stage(stage: str, output_dir: str, data_dir: Path, policy_before: str | None) -> dict[str, float]:
+    """A reward model is scored on held-out pairs, continued pretraining by its held-out text loss, a policy as
+    in `score` (DPO also by its implicit reward)."""
+    if stage == "cpt":  # a base model does not chat yet: its score is the loss on held-out text
+        metrics = json.loads((Path(output_dir) / "eval_results.json").read_text())
+        return {"text_loss": metrics["eval_loss"]}
+    if stage == "rm":
+        accuracy = reward_accuracy(output_dir, read_jsonl(data_dir / "dpo" / "test.jsonl"))
+        return {f"rm_accuracy/{k}": v for k, v in accuracy.items()}
+    return score(output_dir, data_dir, reference_dir=policy_before if stage == "dpo" else None)
+
+
+def run_demo(data_dir: str = DEFAULT_DIR, runs_dir: str = "runs/tiny") -> dict[str, dict[str, Any]]:
+    from alignment.pipeline import StageFailed, load_pipeline, run_pipeline
+
     start = time.time()
     data = build_tiny(data_dir)
     shutil.rmtree(runs_dir, ignore_errors=True)
     print(f"built the tiny model and task in {data} ({time.time() - start:.0f} s)", flush=True)
-    results = {"base": {**score(data / "model", data), "wall_s": 0.0}}
-    previous = str(data / "model")
-    for stage, recipe, output in STAGES:
-        log = Path(runs_dir) / f"{stage}.log"
-        print(f"{stage}: python scripts/run_{stage}.py {recipe}  (log: {log})", flush=True)
+    results: dict[str, dict[str, Any]] = {"base": {**score(data / "model", data), "wall_s": 0.0}}
+    models = {stage.name: stage.values.get("model_name_or_path") for stage in load_pipeline(PIPELINE).stages}
+
+    def on_stage_end(outcome: Any) -> None:
         t0 = time.time()
-        done = run_stage(stage, recipe, log_file=log)
-        wall = time.time() - t0
-        if done.returncode != 0:
-            tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
-            raise SystemExit(f"{stage} failed (exit {done.returncode}); last lines of {log}:\n{tail}")
-        results[stage] = {
-            **score(output, data, reference_dir=previous if stage == "dpo" else None),
-            "wall_s": wall,
-        }
-        previous = output
+        numbers = score_stage(outcome.stage, outcome.output_dir, data, models.get(outcome.name))
+        results[outcome.name] = {"stage": outcome.stage, **numbers, "wall_s": outcome.wall_s}
+        print(f"  {outcome.name}: scored on held-out data in {time.time() - t0:.0f} s", flush=True)
+
+    try:
+        run_pipeline(PIPELINE, on_stage_end=on_stage_end)
+    except StageFailed as failed:
+        raise SystemExit(f"{failed}\n{failed.tail}") from None
     results["total"] = {"wall_s": time.time() - start}
     Path(runs_dir, "demo_results.json").write_text(json.dumps(results, indent=2))
     print(format_table(results))
@@ -61,16 +74,19 @@ def run_demo(data_dir: str = DEFAULT_DIR, runs_dir: str = "runs/tiny") -> dict[s
     return results
 
 
-def format_table(results: dict[str, dict[str, float]]) -> str:
+def format_table(results: dict[str, dict[str, Any]]) -> str:
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{100 * v:.1f}%"
 
-    head = ["model", "exact match", *SKILLS, "sampled", "prefers correct", "DPO reward acc", "stage time"]
+    head = ["model", "exact match", *SKILLS, "sampled", "prefers correct", "DPO reward acc", "RM pair acc",
+            "text loss", "stage time"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name in ("base", *(s for s, _, _ in STAGES)):
-        r = results[name]
-        cells = [name, pct(r["exact_match/all"]), *(pct(r.get(f"exact_match/{s}")) for s in SKILLS),
-                 pct(r["exact_match_sampled"]), pct(r["prefers_correct"]), pct(r.get("dpo_reward_accuracy")),
+    for name, r in results.items():
+        if name == "total":
+            continue
+        cells = [name, pct(r.get("exact_match/all")), *(pct(r.get(f"exact_match/{s}")) for s in SKILLS),
+                 pct(r.get("exact_match_sampled")), pct(r.get("prefers_correct")), pct(r.get("dpo_reward_accuracy")),
+                 pct(r.get("rm_accuracy/all")), f"{r['text_loss']:.2f}" if "text_loss" in r else "-",
                  f"{r['wall_s']:.0f} s" if r["wall_s"] else "-"]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

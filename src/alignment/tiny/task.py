@@ -50,6 +50,23 @@ def plausible_mistake(skill: str, word: str, rng: random.Random) -> str:
     return right + right[-1]
 
 
+def plausible_mistakes(skill: str, word: str) -> list[str]:
+    """Every wrong answer of the kinds a careless solver gives, each once: for a reward model's pairs.
+
+    Each adjacent swap (reverse, sort), each single letter left lowercase (upper), a miscount by one
+    either way (count): the mistakes `plausible_mistake` samples from, and the count's n-1 besides,
+    so that a reward model learns the right count rather than "not n+1".
+    """
+    right = solve(skill, word)
+    if skill == "count":
+        wrong = [str(len(word) + 1), str(len(word) - 1)]
+    elif skill == "upper":
+        wrong = [right[:i] + right[i].lower() + right[i + 1 :] for i in range(len(right))]
+    else:
+        wrong = [right[:i] + right[i + 1] + right[i] + right[i + 2 :] for i in range(len(right) - 1)]
+    return [answer for answer in dict.fromkeys(wrong) if answer != right]
+
+
 def random_word(skill: str, rng: random.Random) -> str:
     length = 4 if skill == "sort" else rng.randint(3, 5) if skill != "count" else rng.randint(2, 7)
     return "".join(rng.choice(LETTERS) for _ in range(length))
@@ -175,3 +192,28 @@ def to_kto(pairs: list[dict], seed: int) -> list[dict]:
 def _prompt_word(row: dict) -> str:
     turns = row["messages"] if "messages" in row else row["prompt"]
     return turns[0]["content"].partition(" ")[2]
+
+
+def generate_rm_pairs(splits: dict[str, list[dict]], seed: int, prompts: int = 1500) -> list[dict]:
+    """Preference pairs for a reward model: new prompts, each with every one of its plausible mistakes.
+
+    A reward model only ranks, so the more contrasts per prompt the better (~3 pairs a prompt here,
+    against one per prompt in the DPO split); its held-out pairs are the DPO test split's, whose words
+    (like every task split's) are never drawn here.
+    """
+    rng = random.Random(f"rm-{seed}")  # its own stream: the task's splits stay byte-identical
+    taken = {_prompt_word(row) for rows in splits.values() for row in rows}
+    pairs: list[dict] = []
+    for i in range(prompts):
+        skill = SKILLS[i % len(SKILLS)]
+        word = random_word(skill, rng)
+        while word in taken:
+            word = random_word(skill, rng)
+        taken.add(word)
+        prompt = [{"role": "user", "content": prompt_text(skill, word)}]
+        pairs += [
+            {"prompt": prompt, "chosen": [{"role": "assistant", "content": solve(skill, word)}],
+             "rejected": [{"role": "assistant", "content": wrong}]}
+            for wrong in plausible_mistakes(skill, word)
+        ]  # fmt: skip
+    return pairs
