@@ -9,6 +9,7 @@ learnt a sloppy annotator's miscounts), so a preference stage has room to show w
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -53,11 +54,34 @@ def text_loss(model_dir: Path | str, texts: list[str]) -> float:
     return total / count
 
 
-def preference_scores(model_dir: Path | str, pairs: list[dict]) -> tuple[float, float]:
-    """(share of pairs ranked right by log p(chosen) > log p(rejected), mean log p of the chosen answers)."""
+@dataclass
+class PreferenceScores:
+    """A model's preferences on the held-out pairs (data/tiny/dpo/test.jsonl, never trained on)."""
+
+    accuracy: float  # share of pairs with log p(chosen) > log p(rejected)
+    count_accuracy: float  # the same on the count pairs: the skill the SFT demonstrations got wrong
+    chosen_logp: float  # mean log p of the chosen (correct) answers
+
+
+def preference_scores(model_dir: Path | str, pairs: list[dict]) -> PreferenceScores:
     model, tokenizer = load_for_eval(model_dir)
+    counts = [p for p in pairs if p["prompt"][0]["content"].startswith("count ")]
     chosen = [completion_logprobs(model, tokenizer, p["prompt"], p["chosen"]) for p in pairs]
-    return preference_accuracy(model, tokenizer, pairs), sum(chosen) / len(chosen)
+    return PreferenceScores(
+        accuracy=preference_accuracy(model, tokenizer, pairs),
+        count_accuracy=preference_accuracy(model, tokenizer, counts),
+        chosen_logp=sum(chosen) / len(chosen),
+    )
+
+
+def assert_preferences_improved(before: PreferenceScores, after: PreferenceScores) -> None:
+    """Better on the held-out pairs as a whole, and much better on the miscounts SFT imitated.
+
+    Measured on the session's SFT model (80 steps): 0.76 of all pairs and 0.48 of the count pairs; after
+    20 steps of each stage 0.835-0.855 and 0.74-0.80, no skill falling by more than a pair or two.
+    """
+    assert after.accuracy >= before.accuracy + 0.05, (before, after)
+    assert after.count_accuracy >= before.count_accuracy + 0.2, (before, after)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +90,7 @@ def held_out_pairs(tiny_data: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def sft_scores(sft_model: Path, held_out_pairs: list[dict]) -> tuple[float, float]:
+def sft_scores(sft_model: Path, held_out_pairs: list[dict]) -> PreferenceScores:
     return preference_scores(sft_model, held_out_pairs)
 
 
@@ -89,40 +113,42 @@ def test_cpt_packs_text_and_lowers_the_held_out_loss(workdir, monkeypatch, tiny_
     assert tokens_per_step > 16 * longest, (tokens_per_step, longest)  # 16 rows a step, ~2 texts a row
 
 
-def test_kto_from_labelled_answers_ranks_held_out_pairs_better(workdir, monkeypatch, sft_model, sft_scores,
-                                                               held_out_pairs):  # fmt: skip
+def test_kto_from_labelled_answers_ranks_held_out_pairs_better(
+    workdir, monkeypatch, sft_model, sft_scores, held_out_pairs
+):
     """KTO never sees a pair, only single answers labelled good or bad; its job is to make the good kind
-    likelier and the bad kind less likely. Held-out preference accuracy (pairs whose prompts it never
-    saw) is that, measured: it must rise from the SFT model's, and KTO's own held-out rewards separate."""
-    out = train("kto", TINY / "kto" / "config.yaml", workdir, monkeypatch, "--model_name_or_path", str(sft_model),
-                "--max_steps", "20")  # fmt: skip
-    accuracy, _ = preference_scores(out, held_out_pairs)
-    assert accuracy >= sft_scores[0] + 0.1, (sft_scores, accuracy)
+    likelier and the bad kind less likely. Preference accuracy on held-out pairs (prompts it never saw)
+    measures exactly that, and most on the count answers the SFT model learnt wrong; KTO's own held-out
+    rewards must separate the two labels as well."""
+    out = train("kto", TINY / "kto" / "config.yaml", workdir, monkeypatch, "--model_name_or_path",
+                str(sft_model), "--max_steps", "20")  # fmt: skip
+    assert_preferences_improved(sft_scores, preference_scores(out, held_out_pairs))
     final_eval = json.loads((out / "eval_results.json").read_text())
     assert final_eval["eval_rewards/chosen"] > final_eval["eval_rewards/rejected"]
 
 
-def test_orpo_raises_the_chosen_answers_and_their_margin_at_once(workdir, monkeypatch, sft_model, sft_scores,
-                                                                held_out_pairs):  # fmt: skip
-    """ORPO is SFT and preference in one stage with no reference model: the held-out chosen answers must
+def test_orpo_raises_the_chosen_answers_and_their_margin_at_once(
+    workdir, monkeypatch, sft_model, sft_scores, held_out_pairs
+):
+    """ORPO is SFT and preference in one stage, with no reference model: the held-out chosen answers must
     become likelier (its NLL term) and be ranked above the rejected ones more often (its odds-ratio term)."""
     out = train("orpo", TINY / "orpo" / "config.yaml", workdir, monkeypatch, "--model_name_or_path",
                 str(sft_model), "--max_steps", "20")  # fmt: skip
-    accuracy, chosen_logp = preference_scores(out, held_out_pairs)
-    assert accuracy >= sft_scores[0] + 0.1, (sft_scores, accuracy)
-    assert chosen_logp > sft_scores[1], (sft_scores, chosen_logp)
+    after = preference_scores(out, held_out_pairs)
+    assert_preferences_improved(sft_scores, after)
+    assert after.chosen_logp > sft_scores.chosen_logp, (sft_scores, after)
 
 
-def test_simpo_ranks_held_out_pairs_better_without_a_reference(workdir, monkeypatch, sft_model, sft_scores,
-                                                               held_out_pairs):  # fmt: skip
-    """SimPO (CPOTrainer, `loss_type: simpo`, no BC term) only widens the length-normalised margin
-    between chosen and rejected answers, with no reference model: held-out preference accuracy is its
-    objective, measured on pairs it never saw."""
+def test_simpo_ranks_held_out_pairs_better_without_a_reference(
+    workdir, monkeypatch, sft_model, sft_scores, held_out_pairs
+):
+    """SimPO (CPOTrainer with `loss_type: simpo` and no behaviour-cloning term) only widens the margin
+    between chosen and rejected answers' average log-probabilities, with no reference model: held-out
+    preference accuracy is its objective, measured on pairs it never saw."""
     out = train("cpo", TINY / "cpo" / "config_simpo.yaml", workdir, monkeypatch, "--model_name_or_path",
                 str(sft_model), "--max_steps", "20")  # fmt: skip
-    accuracy, _ = preference_scores(out, held_out_pairs)
-    assert accuracy >= sft_scores[0] + 0.1, (sft_scores, accuracy)
+    assert_preferences_improved(sft_scores, preference_scores(out, held_out_pairs))
     recorded = json.loads((out / "run_recipe.json").read_text())["values"]
     assert (recorded["loss_type"], recorded["cpo_alpha"]) == ("simpo", 0.0)
     final_eval = json.loads((out / "eval_results.json").read_text())
-    assert final_eval["eval_nll_loss"] == 0.0  # cpo_alpha 0: no behaviour-cloning term, the SimPO loss alone
+    assert final_eval["eval_nll_loss"] == 0.0  # cpo_alpha 0: the SimPO loss alone, no NLL term
