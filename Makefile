@@ -25,7 +25,7 @@ demo: install
 	$(PY) -m alignment.cli demo
 
 test: install
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=15
 
 # Everything but the end-to-end training runs.
 test-fast: install

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from alignment.evaluation import pair_skill, read_jsonl, reward_accuracy
-from alignment.tiny.task import TinyTaskConfig, generate_rm_pairs, generate_task, plausible_mistakes
+from alignment.tiny.task import (
+    TinyTaskConfig,
+    generate_rm_pairs,
+    generate_task,
+    plausible_mistakes,
+    solve,
+    wrong_letter_answers,
+)
 
 from .conftest import TINY_RM, run_script
 
@@ -27,6 +34,18 @@ def test_plausible_mistakes_are_every_mistake_of_each_kind_once():
     assert plausible_mistakes("count", "abcde") == ["6", "4", "7", "3"]  # the annotator's n+1, and more
 
 
+def test_wrong_letter_answers_keep_the_shape_and_change_one_letter():
+    """The answers RL found when the reward model had not seen them: sorted (or reversed, or capitals), one
+    letter not the prompt's."""
+    assert wrong_letter_answers("sort", "dcaz") == ["bcdz", "addz", "acez", "acda"]  # right: acdz
+    assert wrong_letter_answers("upper", "abz") == ["BBZ", "ACZ", "ABA"]
+    assert wrong_letter_answers("count", "abc") == []
+    for skill, word in (("reverse", "hello"), ("sort", "qwer"), ("upper", "word")):
+        right = solve(skill, word)
+        for wrong in wrong_letter_answers(skill, word):
+            assert len(wrong) == len(right) and sum(a != b for a, b in zip(wrong, right, strict=True)) == 1
+
+
 def test_rm_pairs_are_new_prompts_and_leave_the_task_splits_alone():
     config = TinyTaskConfig(sft_train=400, dpo_train=200, eval_prompts=40, sft_test=40, dpo_test=40)
     splits = generate_task(config)
@@ -40,6 +59,9 @@ def test_rm_pairs_are_new_prompts_and_leave_the_task_splits_alone():
     assert all(p["chosen"] != p["rejected"] for p in pairs)
     per_skill = {skill: sum(pair_skill(p) == skill for p in pairs) for skill in ("count", "upper")}
     assert per_skill["count"] == 4 * 25  # n+-1 and n+-2 for each of its 25 prompts
+    upper_prompts = {p["prompt"][0]["content"] for p in pairs if pair_skill(p) == "upper"}
+    letters = sum(len(prompt.split()[1]) for prompt in upper_prompts)
+    assert per_skill["upper"] == 2 * letters  # each letter left lowercase, and each letter replaced
     assert generate_rm_pairs(splits, config.seed, prompts=100) == pairs  # seeded
 
 

@@ -68,6 +68,23 @@ def plausible_mistakes(skill: str, word: str) -> list[str]:
     return [answer for answer in dict.fromkeys(wrong) if answer != right]
 
 
+def wrong_letter_answers(skill: str, word: str) -> list[str]:
+    """The right answer with one letter replaced by the next one of the alphabet, each position once.
+
+    The right shape (sorted, reversed, capitals) around a letter the prompt does not have there. Without
+    these a reward model trained on `plausible_mistakes` alone learnt "sorted", not "the prompt sorted",
+    and RL against it found the gap (measured: sort answers padded with z, 84% -> 0% exact match, while
+    the reward rose). Counts have no letters: none for them.
+    """
+    if skill == "count":
+        return []
+    right = solve(skill, word)
+    shifted = [chr((ord(c.lower()) - 97 + 1) % 26 + 97) for c in right]
+    wrong = [right[:i] + (shifted[i].upper() if right[i].isupper() else shifted[i]) + right[i + 1 :]
+             for i in range(len(right))]  # fmt: skip
+    return [answer for answer in dict.fromkeys(wrong) if answer != right]
+
+
 def random_word(skill: str, rng: random.Random) -> str:
     length = 4 if skill == "sort" else rng.randint(3, 5) if skill != "count" else rng.randint(2, 7)
     return "".join(rng.choice(LETTERS) for _ in range(length))
@@ -215,6 +232,6 @@ def generate_rm_pairs(splits: dict[str, list[dict]], seed: int, prompts: int = 1
         pairs += [
             {"prompt": prompt, "chosen": [{"role": "assistant", "content": solve(skill, word)}],
              "rejected": [{"role": "assistant", "content": wrong}]}
-            for wrong in plausible_mistakes(skill, word)
+            for wrong in plausible_mistakes(skill, word) + wrong_letter_answers(skill, word)
         ]  # fmt: skip
     return pairs
