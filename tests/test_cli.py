@@ -143,6 +143,11 @@ def test_demo_shows_real_learning(tmp_path):
     for row in ("| cpt |", "| rm |", "| grpo |", "| rloo |"):
         assert row in done.stdout
     assert "FutureWarning" not in done.stdout + done.stderr
+    chart = tmp_path / "runs" / "tiny" / "demo_chart.png"
+    assert (
+        chart.read_bytes()[:4] == b"\x89PNG"
+        and "chart of the stages: runs/tiny/demo_chart.png" in done.stdout
+    )
 
 
 def test_data_writes_canonical_rows_report_and_marked_examples(workdir):

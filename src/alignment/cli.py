@@ -112,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("dir", nargs="?", help="Where to write (default: data/tiny).")
     sub.add_parser(
         "demo",
-        help="Build the tiny task, run recipes/tiny/pipeline.yaml (CPT, SFT, RM, DPO, GRPO), print "
-        "held-out numbers per stage (CPU, ~5 min).",
+        help="Build the tiny task, run recipes/tiny/pipeline.yaml (CPT, SFT, RM, DPO, GRPO, RLOO), print "
+        "held-out numbers per stage (CPU, ~4.5 min).",
     )
     merge = sub.add_parser(
         "merge",
@@ -125,6 +125,17 @@ def build_parser() -> argparse.ArgumentParser:
     from alignment.merge import add_merge_arguments
 
     add_merge_arguments(merge)
+    evaluate = sub.add_parser(
+        "eval",
+        help="Evaluate a model folder on held-out data (loss and perplexity, preference accuracy, exact "
+        "match): MODEL_DIR/eval/results.json, results.md and the model card.",
+        description="Read and check every input, then load the model (an adapter is merged into its base) "
+        "and score it; a reward model scores --pairs. scripts/run_eval.py is the same command.",
+        allow_abbrev=False,
+    )
+    from alignment.eval_command import add_eval_arguments
+
+    add_eval_arguments(evaluate)
     rerun = sub.add_parser(
         "rerun",
         help="Repeat a run from its run_manifest.json: the recorded recipe, overrides and launch.",
@@ -234,6 +245,10 @@ def main(argv: list[str] | None = None) -> None:
         from alignment.merge import run_merge
 
         run_merge(options)
+    elif options.command == "eval":
+        from alignment.eval_command import run_eval_command
+
+        run_eval_command(options)
     elif options.command == "rerun":
         from alignment.manifest import rerun
 

@@ -1,7 +1,7 @@
-"""Held-out scores of a model folder: exact match of generated answers, and preference accuracy on pairs.
+"""Held-out scores of a model folder: exact match of generated answers, loss and perplexity, preference
+accuracy on pairs (by log-probability, DPO's implicit reward, or a reward model).
 
-Used by the demo (before SFT, after SFT, after DPO) and by tests. The full evaluation suite
-(lm-eval tasks, judges, plots) builds on these later.
+Batched throughout (generation, log-probabilities): used by `alignment eval`, the demo and the tests.
 """
 
 from __future__ import annotations
@@ -18,12 +18,18 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def load_for_eval(model_dir: str | Path) -> tuple[Any, Any]:
+    """A saved language model and its tokenizer; an adapter folder is merged into its base first."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from alignment.model import adapter_base, merge_adapter
+
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, use_safetensors=True
-    )  # our own saves: never a pickle
+    if adapter_base(str(model_dir)):
+        model = merge_adapter(str(model_dir), tokenizer, {})
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, use_safetensors=True
+        )  # our own saves: no pickle
     model.eval()
     return model, tokenizer
 
@@ -58,15 +64,9 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[list[dict]], max_
 
 
 def exact_match(model: Any, tokenizer: Any, rows: list[dict], sample: bool = False) -> dict[str, float]:
-    """Share of prompts whose reply equals `answer` exactly, overall and per `skill`."""
+    """Share of prompts whose reply equals `answer` exactly, overall and per skill (`share_by_skill`)."""
     replies = generate_answers(model, tokenizer, [r["prompt"] for r in rows], sample=sample)
-    hits: dict[str, list[bool]] = defaultdict(list)
-    for row, reply in zip(rows, replies, strict=True):
-        ok = reply == row["answer"]
-        hits["all"].append(ok)
-        if "skill" in row:
-            hits[row["skill"]].append(ok)
-    return {skill: sum(v) / len(v) for skill, v in hits.items()}
+    return share_by_skill(rows, [reply == row["answer"] for row, reply in zip(rows, replies, strict=True)])
 
 
 def completion_logprobs(model: Any, tokenizer: Any, prompt: list[dict], completion: list[dict]) -> float:
@@ -79,11 +79,16 @@ def completion_logprobs_batch(
 ) -> list[float]:
     """`completion_logprobs` of each (prompt, completion), `batch_size` sequences per forward pass.
 
-    Right-padded with an attention mask, so each sequence's logits are those of its own unpadded pass:
-    one pass per batch instead of one per sequence (200 pairs scored ~40x faster on 2 CPU cores).
+    One pass per batch instead of one per sequence: 200 pairs scored ~40x faster on 2 CPU cores.
     """
-    import torch
+    sequences, starts = completion_tokens(tokenizer, prompts, completions)
+    return [-nll for nll, _ in sequence_nll(model, tokenizer, sequences, starts, batch_size)]
 
+
+def completion_tokens(
+    tokenizer: Any, prompts: list[list[dict]], completions: list[list[dict]]
+) -> tuple[list[list[int]], list[int]]:
+    """Each prompt + completion tokenised with the chat template, and where its completion starts."""
     sequences, starts = [], []
     for prompt, completion in zip(prompts, completions, strict=True):
         head = tokenizer.apply_chat_template(
@@ -92,19 +97,65 @@ def completion_logprobs_batch(
         full = tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)
         sequences.append(list(full["input_ids"]))
         starts.append(len(head["input_ids"]))
+    return sequences, starts
+
+
+def sequence_nll(
+    model: Any, tokenizer: Any, sequences: list[list[int]], starts: list[int], batch_size: int = 64
+) -> list[tuple[float, int]]:
+    """For each token sequence: the negative log-likelihood of its tokens from `starts[i]` on, summed, and
+    how many tokens that is (the first token, having no context, is never scored).
+
+    Right-padded with an attention mask, so each sequence's logits are those of its own unpadded pass.
+    """
+    import torch
+
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    sums: list[float] = []
+    device = next(model.parameters()).device
+    scores: list[tuple[float, int]] = []
     for first in range(0, len(sequences), batch_size):
         batch = sequences[first : first + batch_size]
         width = max(map(len, batch))
-        ids = torch.tensor([s + [pad] * (width - len(s)) for s in batch])
-        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in batch])
+        ids = torch.tensor([s + [pad] * (width - len(s)) for s in batch], device=device)
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in batch], device=device)
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         token_logps = torch.log_softmax(logits, dim=-1).gather(2, ids[:, 1:, None])[..., 0]
         for row, (start, seq) in enumerate(zip(starts[first : first + batch_size], batch, strict=True)):
-            sums.append(token_logps[row, start - 1 : len(seq) - 1].sum().item())
-    return sums
+            begin = max(start, 1) - 1
+            scores.append((-token_logps[row, begin : len(seq) - 1].sum().item(), len(seq) - 1 - begin))
+    return scores
+
+
+def text_loss(model: Any, tokenizer: Any, texts: list[str], batch_size: int = 64) -> dict[str, float]:
+    """Mean next-token loss and perplexity over plain texts, each tokenised as TRL trains on text (its EOS
+    appended), every token but the first scored."""
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    sequences = [list(tokenizer(text)["input_ids"]) + eos for text in texts]
+    return _loss_summary(sequence_nll(model, tokenizer, sequences, [1] * len(sequences), batch_size))
+
+
+def conversation_loss(
+    model: Any, tokenizer: Any, conversations: list[list[dict]], batch_size: int = 64
+) -> dict:
+    """Mean loss and perplexity over the assistant turns of conversations, each given the turns before it:
+    what assistant-only SFT trains on (the turn's end-of-turn token included)."""
+    prompts, completions = [], []
+    for messages in conversations:
+        for i, message in enumerate(messages):
+            if message["role"] == "assistant":
+                prompts.append(messages[:i])
+                completions.append([message])
+    sequences, starts = completion_tokens(tokenizer, prompts, completions)
+    return _loss_summary(sequence_nll(model, tokenizer, sequences, starts, batch_size))
+
+
+def _loss_summary(scores: list[tuple[float, int]]) -> dict[str, float]:
+    import math
+
+    nll, tokens = sum(s for s, _ in scores), sum(n for _, n in scores)
+    loss = nll / tokens
+    return {"loss": loss, "perplexity": math.exp(loss), "tokens": tokens}
 
 
 def preference_accuracy(model: Any, tokenizer: Any, pairs: list[dict], reference: Any | None = None) -> float:
@@ -117,14 +168,18 @@ def preference_accuracy(model: Any, tokenizer: Any, pairs: list[dict], reference
 
 
 def preference_wins(
-    model: Any, tokenizer: Any, pairs: list[dict], reference: Any | None = None
+    model: Any, tokenizer: Any, pairs: list[dict], reference: Any | None = None, batch_size: int = 64
 ) -> list[bool]:
     """For each pair, whether the model ranks it correctly (see `preference_accuracy`)."""
 
     def margins(scorer: Any) -> list[float]:
         prompts = [pair["prompt"] for pair in pairs]
-        chosen = completion_logprobs_batch(scorer, tokenizer, prompts, [pair["chosen"] for pair in pairs])
-        rejected = completion_logprobs_batch(scorer, tokenizer, prompts, [pair["rejected"] for pair in pairs])
+        chosen = completion_logprobs_batch(
+            scorer, tokenizer, prompts, [p["chosen"] for p in pairs], batch_size
+        )
+        rejected = completion_logprobs_batch(
+            scorer, tokenizer, prompts, [p["rejected"] for p in pairs], batch_size
+        )
         return [c - r for c, r in zip(chosen, rejected, strict=True)]
 
     policy = margins(model)
@@ -192,10 +247,15 @@ def reward_accuracy(model_dir: str | Path, pairs: list[dict]) -> dict[str, float
     rejected = [prompt_of(pair) + pair["rejected"] for pair in pairs]
     wins = [c > r for c, r in zip(reward_scores(model, tokenizer, chosen), reward_scores(model, tokenizer, rejected),
                                   strict=True)]  # fmt: skip
-    hits: dict[str, list[bool]] = defaultdict(list)
-    for pair, win in zip(pairs, wins, strict=True):
-        hits["all"].append(win)
-        skill = pair_skill(pair)
+    return share_by_skill(pairs, wins)
+
+
+def share_by_skill(rows: list[dict], hits: list[bool]) -> dict[str, float]:
+    """The share of hits overall ("all") and per skill of the tiny task where rows have one (`pair_skill`)."""
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for row, hit in zip(rows, hits, strict=True):
+        groups["all"].append(hit)
+        skill = pair_skill(row)
         if skill is not None:
-            hits[skill].append(win)
-    return {skill: sum(v) / len(v) for skill, v in hits.items()}
+            groups[skill].append(hit)
+    return {name: sum(v) / len(v) for name, v in groups.items()}

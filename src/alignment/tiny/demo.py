@@ -71,7 +71,18 @@ def run_demo(data_dir: str = DEFAULT_DIR, runs_dir: str = "runs/tiny") -> dict[s
     Path(runs_dir, "demo_results.json").write_text(json.dumps(results, indent=2))
     print(format_table(results))
     print(f"\ntotal {results['total']['wall_s']:.0f} s; numbers in {runs_dir}/demo_results.json")
+    print(draw_chart(results, Path(runs_dir, "demo_chart.png")))
     return results
+
+
+def draw_chart(results: dict[str, dict[str, Any]], path: Path) -> str:
+    """The stages side by side on the held-out metrics (a PNG); the line that says where it is, or why not."""
+    from alignment.eval_plots import can_plot, plot_stages
+
+    if not can_plot():
+        return 'no chart: matplotlib is not installed (pip install -e ".[eval]")'
+    metrics = ["exact_match/all", "exact_match/count", "prefers_correct", "rm_accuracy/all"]
+    return f"chart of the stages: {plot_stages(results, path, metrics)}"
 
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
