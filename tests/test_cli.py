@@ -128,9 +128,9 @@ def test_demo_shows_real_learning(tmp_path):
     assert base["exact_match/all"] < 0.05
     assert results["cpt"]["text_loss"] < 3.2  # from ~4.6 (uniform over the ~110 tokens)
     assert sft["exact_match/all"] > 0.5 and sft["exact_match/count"] < 0.3  # the skills, and the miscount
-    assert (
-        results["rm"]["rm_accuracy/all"] > 0.75 and results["rm"]["rm_accuracy/upper"] > 0.9
-    )  # measured 81.5%, 96%
+    rm = results["rm"]  # measured: all 84.5%, upper 98%, count 100%, sort 86%, reverse 54% (chance)
+    assert rm["rm_accuracy/all"] > 0.8 and rm["rm_accuracy/upper"] > 0.9 and rm["rm_accuracy/count"] > 0.9
+    assert rm["rm_accuracy/sort"] > 0.75
     assert dpo["exact_match/all"] > sft["exact_match/all"] + 0.15 and dpo["exact_match/count"] > 0.7
     assert dpo["dpo_reward_accuracy"] > 0.9
     grpo = results["grpo"]  # measured: 69.5% -> 90.0% (count 8% -> 82%), seeds 1 and 2: 89.5%, 88.5%
