@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "demo",
         help="Build the tiny task, run recipes/tiny/pipeline.yaml (CPT, SFT, RM, DPO, GRPO, RLOO), print "
-        "held-out numbers per stage (CPU, ~4.5 min).",
+        "held-out numbers per stage (CPU, 4.5-5.5 min).",
     )
     merge = sub.add_parser(
         "merge",
