@@ -20,7 +20,7 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -74,21 +74,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def request_from(options: argparse.Namespace) -> EvalRequest:
+    """The request from `add_eval_arguments`' options: the same names, but for `--tasks` (a comma list) and
+    `--no_card`."""
+    named = {f.name: getattr(options, f.name) for f in fields(EvalRequest) if f.name not in ("tasks", "card")}
     tasks = [t.strip() for t in options.tasks.split(",") if t.strip()] if options.tasks else []
-    return EvalRequest(
-        model_dir=options.model_dir,
-        tasks=tasks,
-        dataset=options.dataset,
-        dataset_split=options.dataset_split,
-        pairs=options.pairs,
-        pairs_split=options.pairs_split,
-        prompts=options.prompts,
-        prompts_split=options.prompts_split,
-        reference=options.reference,
-        max_rows=options.max_rows,
-        batch_size=options.batch_size,
-        card=not options.no_card,
-    )
+    return EvalRequest(**named, tasks=tasks, card=not options.no_card)
 
 
 def model_kind(model_dir: str | Path) -> str:

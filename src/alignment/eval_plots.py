@@ -18,6 +18,9 @@ PREFERENCE_PANELS = [
 RL_PANELS = [("mean reward", [("train", "reward")])]
 
 
+NO_MATPLOTLIB = 'matplotlib is not installed (pip install -e ".[eval]")'
+
+
 def can_plot() -> bool:
     try:
         import matplotlib  # noqa: F401

@@ -14,13 +14,12 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 CARD_BEGIN, CARD_END = "<!-- alignment eval: begin -->", "<!-- alignment eval: end -->"
-NO_MATPLOTLIB = 'matplotlib is not installed (pip install -e ".[eval]")'
 NOT_METRICS = {"source", "rows", "seconds", "scored", "ranked_by", "tokens"}
 
 
 def write_results(request: Any, results: dict[str, Any]) -> dict[str, Any]:
     """Write results.json and results.md under MODEL_DIR/eval/, and the card section unless told not to."""
-    from alignment.eval_plots import can_plot, plot_training
+    from alignment.eval_plots import NO_MATPLOTLIB, can_plot, plot_training
 
     out = Path(request.model_dir) / "eval"
     out.mkdir(exist_ok=True)

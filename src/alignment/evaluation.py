@@ -171,20 +171,24 @@ def preference_wins(
     model: Any, tokenizer: Any, pairs: list[dict], reference: Any | None = None, batch_size: int = 64
 ) -> list[bool]:
     """For each pair, whether the model ranks it correctly (see `preference_accuracy`)."""
+    policy = preference_margins(model, tokenizer, pairs, batch_size)
+    baseline = preference_margins(reference, tokenizer, pairs, batch_size) if reference is not None else None
+    return wins_of(policy, baseline)
 
-    def margins(scorer: Any) -> list[float]:
-        prompts = [pair["prompt"] for pair in pairs]
-        chosen = completion_logprobs_batch(
-            scorer, tokenizer, prompts, [p["chosen"] for p in pairs], batch_size
-        )
-        rejected = completion_logprobs_batch(
-            scorer, tokenizer, prompts, [p["rejected"] for p in pairs], batch_size
-        )
-        return [c - r for c, r in zip(chosen, rejected, strict=True)]
 
-    policy = margins(model)
-    baseline = margins(reference) if reference is not None else [0.0] * len(pairs)
-    return [m - b > 0 for m, b in zip(policy, baseline, strict=True)]
+def preference_margins(scorer: Any, tokenizer: Any, pairs: list[dict], batch_size: int = 64) -> list[float]:
+    """log p(chosen) - log p(rejected) of each pair under `scorer`."""
+    prompts = [pair["prompt"] for pair in pairs]
+    chosen = completion_logprobs_batch(scorer, tokenizer, prompts, [p["chosen"] for p in pairs], batch_size)
+    rejected = completion_logprobs_batch(
+        scorer, tokenizer, prompts, [p["rejected"] for p in pairs], batch_size
+    )
+    return [c - r for c, r in zip(chosen, rejected, strict=True)]
+
+
+def wins_of(margins: list[float], baseline: list[float] | None = None) -> list[bool]:
+    """Whether each margin (less the reference's, for DPO's implicit reward) is above 0: ties are wrong."""
+    return [m - (baseline[i] if baseline is not None else 0.0) > 0 for i, m in enumerate(margins)]
 
 
 def pair_skill(pair: dict) -> str | None:

@@ -14,7 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from alignment.evaluation import exact_match, load_for_eval, preference_accuracy, read_jsonl, reward_accuracy
+from alignment.evaluation import (
+    exact_match,
+    load_for_eval,
+    preference_margins,
+    read_jsonl,
+    reward_accuracy,
+    wins_of,
+)
 from alignment.tiny.build import DEFAULT_DIR, build_tiny
 from alignment.tiny.task import SKILLS
 
@@ -28,11 +35,18 @@ def score(model_dir: str | Path, data_dir: Path, reference_dir: str | Path | Non
     greedy = exact_match(model, tokenizer, rows)
     result = {f"exact_match/{k}": v for k, v in greedy.items()}
     result["exact_match_sampled"] = exact_match(model, tokenizer, rows, sample=True)["all"]
-    result["prefers_correct"] = preference_accuracy(model, tokenizer, pairs)
+    margins = preference_margins(model, tokenizer, pairs)  # once: both accuracies read them
+    result["prefers_correct"] = share(wins_of(margins))
     if reference_dir is not None:
         reference, _ = load_for_eval(reference_dir)
-        result["dpo_reward_accuracy"] = preference_accuracy(model, tokenizer, pairs, reference=reference)
+        result["dpo_reward_accuracy"] = share(
+            wins_of(margins, preference_margins(reference, tokenizer, pairs))
+        )
     return result
+
+
+def share(hits: list[bool]) -> float:
+    return sum(hits) / len(hits)
 
 
 def score_stage(stage: str, output_dir: str, data_dir: Path, policy_before: str | None) -> dict[str, float]:
@@ -77,10 +91,10 @@ def run_demo(data_dir: str = DEFAULT_DIR, runs_dir: str = "runs/tiny") -> dict[s
 
 def draw_chart(results: dict[str, dict[str, Any]], path: Path) -> str:
     """The stages side by side on the held-out metrics (a PNG); the line that says where it is, or why not."""
-    from alignment.eval_plots import can_plot, plot_stages
+    from alignment.eval_plots import NO_MATPLOTLIB, can_plot, plot_stages
 
     if not can_plot():
-        return 'no chart: matplotlib is not installed (pip install -e ".[eval]")'
+        return f"no chart: {NO_MATPLOTLIB}"
     metrics = ["exact_match/all", "exact_match/count", "prefers_correct", "rm_accuracy/all"]
     return f"chart of the stages: {plot_stages(results, path, metrics)}"
 
