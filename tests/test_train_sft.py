@@ -18,8 +18,13 @@ pytestmark = pytest.mark.slow
 
 
 def logged_losses(output_dir: Path) -> list[float]:
+    return [value for _, value in logged(output_dir, "loss")]
+
+
+def logged(output_dir: Path, key: str) -> list[tuple[int, float]]:
+    """(step, value) of each log entry with `key` in the run's trainer_state.json."""
     state = json.loads((output_dir / "trainer_state.json").read_text())
-    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    return [(entry["step"], entry[key]) for entry in state["log_history"] if key in entry]
 
 
 def test_sft_loss_decreases_and_outputs_are_complete(sft_model):
@@ -218,6 +223,8 @@ def test_two_processes_share_the_batch(ddp_run):
     out, log = ddp_run
     assert "Total train batch size (w. parallel, distributed & accumulation) = 16" in log
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
+    # the recipe's generation eval, each rank answering half the prompts: at the start and the last step
+    assert [step for step, _ in logged(out, "eval_exact_match")] == [0, 4]
 
 
 @pytest.mark.parametrize("config", ["zero2", "zero3"])
@@ -231,7 +238,9 @@ def test_deepspeed_configs_run_on_cpu_and_match_ddp(workdir, ddp_run, config, tm
     )
     assert "Total train batch size (w. parallel, distributed & accumulation) = 16" in log
     zero, ddp = logged_losses(workdir / "runs" / config), logged_losses(ddp_run[0])
-    assert len(zero) == len(ddp) == 4
+    assert len(zero) == len(ddp) == 4  # the generation eval's log at step 4 does not replace the loss line
+    # ZeRO-3 shards the weights: both ranks take part in every generate call, or this hangs
+    assert [step for step, _ in logged(workdir / "runs" / config, "eval_exact_match")] == [0, 4]
     assert zero == pytest.approx(ddp, rel=5e-3)  # measured: within 0.2% (loss averaging across ranks differs)
     model, _ = load_for_eval(workdir / "runs" / config)  # a full, loadable model, gathered from the shards
     assert sum(p.numel() for p in model.parameters()) > 1_000_000

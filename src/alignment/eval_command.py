@@ -130,23 +130,28 @@ def check_request(request: EvalRequest) -> dict[str, Any]:
     if "loss" in tasks:
         rows["loss"] = _read_loss_rows(request.dataset, request.dataset_split, request.max_rows)
     if "preference" in tasks:
-        rows["preference"] = _read(
+        rows["preference"] = read_rows(
             request.pairs, request.pairs_split or request.dataset_split, "dpo", request.max_rows
         )
     if "exact_match" in tasks:
-        prompts = _read(
-            request.prompts, request.prompts_split or request.dataset_split, "prompt", request.max_rows
+        rows["exact_match"] = read_prompts(
+            request.prompts, request.prompts_split or request.dataset_split, request.max_rows, "--prompts"
         )
-        missing = next((i for i, row in enumerate(prompts) if not row.get("answer")), None)
-        if missing is not None:
-            raise RecipeError(
-                f"--prompts {request.prompts}: row {missing} has no `answer`; exact_match needs one in every row"
-            )
-        rows["exact_match"] = prompts
     return rows
 
 
-def _read(source: str, split: str | None, stage: str, max_rows: int | None) -> list[dict]:
+def read_prompts(source: str, split: str | None, max_rows: int | None, option: str) -> list[dict]:
+    """Prompts with an `answer` each, for exact match; `option` (the flag or recipe key) names them in errors."""
+    prompts = read_rows(source, split, "prompt", max_rows)
+    missing = next((i for i, row in enumerate(prompts) if not row.get("answer")), None)
+    if missing is not None:
+        raise RecipeError(
+            f"{option} {source}: row {missing} has no `answer`; exact match needs one in every row"
+        )
+    return prompts
+
+
+def read_rows(source: str, split: str | None, stage: str, max_rows: int | None) -> list[dict]:
     """Canonical rows of one source, through the data layer (any format a recipe takes; no dedup: every
     held-out row counts)."""
     from alignment.data.mixture import MixtureConfig, load_mixture
@@ -165,10 +170,10 @@ def _read(source: str, split: str | None, stage: str, max_rows: int | None) -> l
 def _read_loss_rows(source: str, split: str | None, max_rows: int | None) -> dict[str, Any]:
     """Plain text if the source reads as text, else conversations (its assistant turns are scored)."""
     try:
-        return {"text": [row["text"] for row in _read(source, split, "cpt", max_rows)]}
+        return {"text": [row["text"] for row in read_rows(source, split, "cpt", max_rows)]}
     except RecipeError as as_text:
         try:
-            return {"conversations": [row["messages"] for row in _read(source, split, "sft", max_rows)]}
+            return {"conversations": [row["messages"] for row in read_rows(source, split, "sft", max_rows)]}
         except RecipeError:
             raise as_text from None
 

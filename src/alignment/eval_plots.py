@@ -16,6 +16,7 @@ PREFERENCE_PANELS = [
     ("preference accuracy", [("train", "rewards/accuracies"), ("eval", "eval_rewards/accuracies")]),
 ]
 RL_PANELS = [("mean reward", [("train", "reward")])]
+GENERATION_PANELS = [("exact match (generation eval)", [("greedy", "eval_exact_match")])]  # eval_generation_*
 
 
 NO_MATPLOTLIB = 'matplotlib is not installed (pip install -e ".[eval]")'
@@ -48,7 +49,9 @@ def training_panels(history: list[dict]) -> list[tuple[str, list[tuple[str, str]
     """The loss panel, then each preference or RL panel whose keys the run logged."""
     panels = [("loss", [("train", "loss"), ("eval", "eval_loss")])]
     return panels + [
-        p for p in PREFERENCE_PANELS + RL_PANELS if any(series(history, key)[0] for _, key in p[1])
+        p
+        for p in PREFERENCE_PANELS + RL_PANELS + GENERATION_PANELS
+        if any(series(history, key)[0] for _, key in p[1])
     ]
 
 

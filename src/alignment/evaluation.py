@@ -39,27 +39,32 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[list[dict]], max_
     """Continue each chat prompt with the model (greedy unless `sample`) and return the decoded replies."""
     import torch
 
-    tokenizer.padding_side = "left"  # generation appends on the right, so padding goes left
-    torch.manual_seed(seed)
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation appends on the right
+    if sample:  # greedy needs no seed, and leaves a training run's random state alone (the callback)
+        torch.manual_seed(seed)
     replies = []
-    for start in range(0, len(prompts), batch_size):
-        texts = [
-            tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-            for p in prompts[start : start + batch_size]
-        ]
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.no_grad():
-            out = model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                do_sample=sample,
-                temperature=1.0 if sample else None,
-                top_p=None,
-                top_k=None,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        new_tokens = out[:, batch["input_ids"].shape[1] :]
-        replies += [r.strip() for r in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    try:
+        for start in range(0, len(prompts), batch_size):
+            texts = [
+                tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+                for p in prompts[start : start + batch_size]
+            ]
+            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            batch = batch.to(model.device)
+            with torch.no_grad():
+                out = model.generate(
+                    **batch,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=sample,
+                    temperature=1.0 if sample else None,
+                    top_p=None,
+                    top_k=None,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            new_tokens = out[:, batch["input_ids"].shape[1] :]
+            replies += [r.strip() for r in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    finally:
+        tokenizer.padding_side = side
     return replies
 
 

@@ -120,6 +120,29 @@ class RecipeArguments:
             "is a reward, next to `reward_funcs`. This is the RLHF path."
         },
     )
+    eval_generation_prompts: str | None = field(
+        default=None,
+        metadata={
+            "help": "Held-out prompts with an `answer` (a file, folder or Hub id, any prompt format the data "
+            "layer reads): at the start, every `eval_generation_steps` steps and at the last step the model "
+            "answers them greedily and the exact match is logged as `eval_exact_match` to the trackers."
+        },
+    )
+    eval_generation_split: str | None = field(
+        default=None,
+        metadata={
+            "help": "Split of `eval_generation_prompts` (default: train for a single file, else test)."
+        },
+    )
+    eval_generation_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "Steps between two generation evals. None: only at the start and at the last step."
+        },
+    )
+    eval_generation_max_rows: int | None = field(
+        default=None, metadata={"help": "Evaluate the first N prompts only (None: all of them)."}
+    )
     license: str | None = field(
         default=None,
         metadata={

@@ -42,6 +42,8 @@ COMMON_RULES: list[Rule] = [
     ("logging_steps", lambda v, _: v > 0, "above 0"),
     ("save_steps", lambda v, _: v > 0, "above 0"),
     ("eval_steps", lambda v, _: v is None or v > 0, "above 0"),
+    ("eval_generation_steps", lambda v, _: v is None or v >= 1, "at least 1 (or null: start and end only)"),
+    ("eval_generation_max_rows", lambda v, _: v is None or v >= 1, "at least 1 (or null: every prompt)"),
 ]
 STAGE_RULES: dict[str, list[Rule]] = {
     "dpo": [
@@ -70,6 +72,7 @@ def check_values(values: dict[str, Any], stage: str, origin: str, notes: list[st
     _check_output_dir(values.get("output_dir"), origin)
     _check_max_positions(values, origin)
     _check_weight_format(values, origin)
+    _check_generation_eval(values, stage, origin)
 
 
 def check_eval_data(training: Any, has_eval_data: bool, origin: str) -> None:
@@ -80,6 +83,21 @@ def check_eval_data(training: Any, has_eval_data: bool, origin: str) -> None:
         raise RecipeError(
             f"{origin}: `eval_strategy` is {strategy!r} but the recipe has no eval data; set "
             "`dataset_mixture.test_split` (or `test_split_size`, or `dataset_test_split`), or `eval_strategy: no`"
+        )
+
+
+def _check_generation_eval(values: dict[str, Any], stage: str, origin: str) -> None:
+    """The generation eval's settings need its prompts, and a model that generates."""
+    prompts = values.get("eval_generation_prompts")
+    for key in ("eval_generation_split", "eval_generation_steps", "eval_generation_max_rows"):
+        if values.get(key) is not None and not prompts:
+            raise RecipeError(
+                f"{origin}: `{key}` is set but `eval_generation_prompts` is not: give the prompts"
+            )
+    if prompts and stage == "rm":
+        raise RecipeError(
+            f"{origin}: `eval_generation_prompts`: a reward model generates nothing; score pairs with "
+            "`alignment eval MODEL_DIR --pairs ...` after training"
         )
 
 

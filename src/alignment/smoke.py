@@ -180,6 +180,8 @@ def prepare_smoke(recipe: Recipe, folder: Path) -> SmokeSetup:
     texts = [json.dumps(r) for part in rows.values() for r in part]
     model = build_smoke_model(recipe, folder / "model", texts, notes)
     overrides = online_rl_overrides(recipe, model, notes) if stage(recipe.stage).rewards else {}
+    if recipe.args.eval_generation_prompts:
+        overrides.update(generation_eval_overrides(recipe, folder, notes, start=SMOKE_ROWS * len(rows)))
     return SmokeSetup(folder=folder, model=model, mixture=mixture, notes=notes, overrides=overrides)
 
 
@@ -199,6 +201,19 @@ def online_rl_overrides(recipe: Recipe, model: Path, notes: list[str]) -> dict[s
             f"reward model: {recipe.args.reward_model_name_or_path} -> the smoke model with a new one-output head"
         )
     return overrides
+
+
+def generation_eval_overrides(recipe: Recipe, folder: Path, notes: list[str], start: int) -> dict[str, Any]:
+    """Smoke prompts with their answers in place of the recipe's `eval_generation_prompts`: the callback runs."""
+    from alignment.tiny.build import write_jsonl
+
+    path = folder / "data" / "generation_eval.jsonl"
+    exchanges = [_exchange(start + i) for i in range(SMOKE_ROWS)]
+    write_jsonl(path, [{"prompt": [{"role": "user", "content": q}], "answer": a} for q, a, _ in exchanges])
+    notes.append(
+        f"eval_generation_prompts: {recipe.args.eval_generation_prompts} -> {SMOKE_ROWS} smoke prompts"
+    )
+    return {"eval_generation_prompts": str(path), "eval_generation_split": "train"}
 
 
 # --- Data ----------------------------------------------------------------------------------------------

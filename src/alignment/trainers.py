@@ -24,10 +24,12 @@ def build_trainer(recipe: Recipe, tokenizer: Any, datasets: Any) -> Any:
     from transformers import set_seed
 
     from alignment.callbacks import stage_callbacks
+    from alignment.generation_eval import generation_eval_callback
     from alignment.model import load_model, load_reference_model, peft_config_for
 
     spec = stage(recipe.stage)
     extra: dict[str, Any] = {}
+    generation_eval = generation_eval_callback(recipe, tokenizer)  # its prompts read before the model loads
     if spec.rewards:  # first: a missing reward model is found before the policy loads
         extra["reward_funcs"], extra["reward_processing_classes"] = load_rewards(recipe)
     # Seeded before the model loads, as transformers' example scripts do: a new head (the reward model's
@@ -39,16 +41,19 @@ def build_trainer(recipe: Recipe, tokenizer: Any, datasets: Any) -> Any:
     trainer_class = trl_attribute(spec.trainer)
     if spec.trainer.startswith("experimental."):  # ORPO, CPO
         datasets = render_pairs(datasets, tokenizer)
-    return trainer_class(
+    trainer = trainer_class(
         model=model,
         args=recipe.training,
         train_dataset=datasets["train"],
         eval_dataset=datasets.get("test"),
         processing_class=tokenizer,
         peft_config=peft_config_for(recipe, model),
-        callbacks=stage_callbacks(),
+        callbacks=stage_callbacks() + ([generation_eval] if generation_eval else []),
         **extra,
     )
+    if generation_eval is not None:
+        generation_eval.bind(trainer)
+    return trainer
 
 
 def render_pairs(datasets: Any, tokenizer: Any) -> Any:
