@@ -193,3 +193,57 @@ def test_training_plots_show_what_the_run_logged(tmp_path):
     chart = plot_stages({"sft": {"exact_match/all": 0.7}, "rm": {"rm_accuracy/all": 0.8}, "total": {"wall_s": 3}},
                         tmp_path / "stages.png", ["exact_match/all", "rm_accuracy/all"])  # fmt: skip
     assert chart.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_judge_tasks_grade_the_models_answers_and_count_unreadable_replies(uniform_model, tmp_path):
+    """`--questions` with a judge endpoint: graded 1-10 and against a baseline in both orders, each number in
+    results.json and the table, each judge reply in eval/<task>_records.jsonl."""
+    import shutil
+
+    from .test_judge import scripted_judge
+
+    def judge(prompt: str) -> str:  # position-biased in pairs; no grade for the question saying `skip`
+        if "[Answer A]" in prompt:
+            return "The first. [[A]]"
+        return "I cannot grade this." if "skip" in prompt else "Fine. Rating: [[7]]"
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(uniform_model, model_dir)
+    questions = write_jsonl(tmp_path / "q.jsonl", [{"question": "reverse abc"}, {"question": "skip me"},
+                                                  {"prompt": user("upper xy")}])  # fmt: skip
+    baseline = write_jsonl(tmp_path / "base.jsonl", [{"answer": "cba"}, {"answer": "-"}, {"answer": "XY"}])
+    with scripted_judge(judge) as endpoint:
+        results = run_eval(EvalRequest(str(model_dir), questions=str(questions), judge_url=endpoint["url"],
+                                       judge_model="scripted", baseline=str(baseline), max_new_tokens=4))  # fmt: skip
+    assert len(endpoint["requests"]) == 3 + 2 * 3  # one grade per question, each pair in both orders
+    graded, pairs = results["tasks"]["judge"], results["tasks"]["judge_pairwise"]
+    assert (graded["mean_rating"], graded["rated"], graded["unparseable"], graded["rows"]) == (7.0, 2, 1, 3)
+    assert (pairs["win_rate"], pairs["inconsistent"], pairs["judged"]) == (0.5, 3, 3)
+    records = (model_dir / "eval" / "judge_records.jsonl").read_text().splitlines()
+    assert [json.loads(line)["rating"] for line in records] == [7, None, 7]
+    table = (model_dir / "eval" / "results.md").read_text()
+    for line in (
+        "| judge | mean_rating | 7 |",
+        "| judge | unparseable | 1 |",
+        "| judge_pairwise | win_rate | 50.0% |",
+    ):
+        assert line in table
+
+
+def test_judge_options_are_refused_in_one_line(uniform_model, tmp_path):
+    questions = write_jsonl(tmp_path / "q.jsonl", [{"question": "reverse abc"}])
+    url = "http://127.0.0.1:9/v1"
+    cases = [
+        (EvalRequest(str(uniform_model), questions=str(questions), baseline=str(questions)),
+         "--baseline is for the judge_pairwise task"),
+        (EvalRequest(str(uniform_model), questions=str(questions), judge_url=url), "--judge_model is required"),
+        (EvalRequest(str(uniform_model), questions=str(questions), judge_url="localhost:8000", judge_model="j"),
+         "must look like http"),
+        (EvalRequest(str(uniform_model), tasks=["judge"], judge_url=url, judge_model="j"),
+         "task judge needs --questions and --judge_url"),
+        (EvalRequest(str(uniform_model), questions=str(tmp_path / "none.jsonl"), judge_url=url, judge_model="j"),
+         "none.jsonl"),
+    ]  # fmt: skip
+    for request, message in cases:
+        with pytest.raises(RecipeError, match=message):
+            check_request(request)

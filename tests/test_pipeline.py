@@ -42,6 +42,12 @@ def dpo_stage(**overrides) -> dict:
             "overrides": {**QUICK, "output_dir": "runs/pipe/dpo", **overrides}}  # fmt: skip
 
 
+def eval_stage(**overrides) -> dict:
+    return {"name": "eval", "stage": "eval",
+            "overrides": {"output_dir": "runs/pipe/eval", "prompts": "data/tiny/eval.jsonl", "max_rows": 10,
+                          **overrides}}  # fmt: skip
+
+
 def actions(plans) -> list[tuple[str, str, bool]]:
     return [(p.stage.name, p.action, p.overwrite) for p in plans]
 
@@ -71,6 +77,15 @@ def actions(plans) -> list[tuple[str, str, bool]]:
         ([sft_stage()], {"num_processes": 0}, "`num_processes` must be a positive integer, got 0"),
         ([sft_stage(), {**dpo_stage(), "model": "sft", "overrides": {"model_name_or_path": "x"}}], {},
          "give `model` or `overrides.model_name_or_path`, not both"),
+        ([eval_stage()], {}, "stages[0] (eval): an eval stage evaluates earlier stages; it cannot come first"),
+        ([sft_stage(), {**eval_stage(), "models": ["sft", "dpo"]}], {},
+         "stages[1] (eval): `models`: 'dpo' is not an earlier stage (earlier stages: sft)"),
+        ([sft_stage(), eval_stage(promts="x")], {},
+         "stages[1] (eval): overrides: unknown key `promts`; did you mean `prompts`?"),
+        ([sft_stage(), {**eval_stage(), "recipe": "x.yaml"}], {}, "stages[1] (eval): unknown key `recipe`"),
+        ([sft_stage(), eval_stage(output_dir=None)], {}, "stages[1] (eval): `overrides.output_dir` is required"),
+        ([sft_stage(), eval_stage(reference="@rm")], {},
+         "stages[1] (eval): `overrides.reference`: '@rm' names no earlier stage"),
     ],
 )  # fmt: skip
 def test_a_bad_pipeline_is_refused_in_one_line(away_from_the_checkout, stages, top, expected):
@@ -108,13 +123,15 @@ def test_shipped_pipelines_load_from_any_folder(away_from_the_checkout):
     shipped = sorted(p for p in RECIPES.glob("**/*.yaml") if is_pipeline_file(p))
     assert RECIPES / "tiny" / "pipeline_sft_dpo.yaml" in shipped
     for path in shipped:  # `recipe: recipes/...` is read from the checkout when this folder has none
-        assert all(Path(stage.recipe).is_file() for stage in load_pipeline(path).stages)
+        assert all(stage.is_eval or Path(stage.recipe).is_file() for stage in load_pipeline(path).stages)
     tiny = load_pipeline(RECIPES / "tiny" / "pipeline_sft_dpo.yaml")
     assert [(s.name, s.output_dir) for s in tiny.stages] == [
         ("sft", "runs/tiny/sft"),
         ("dpo", "runs/tiny/dpo"),
+        ("eval", "runs/tiny/eval"),
     ]
     assert tiny.stages[1].overrides == {"model_name_or_path": "runs/tiny/sft"}
+    assert tiny.stages[2].inputs == ["sft", "dpo"]
 
 
 def test_check_folder_checks_a_pipeline_as_a_pipeline(away_from_the_checkout, capsys):
@@ -243,11 +260,20 @@ def test_overrides_reach_the_recipe_parser_as_written(away_from_the_checkout):
 @pytest.mark.slow
 def test_pipeline_runs_skips_reruns_and_stops_at_a_failure(workdir, monkeypatch, capsys):
     monkeypatch.chdir(workdir)
-    path = write_pipeline(workdir, sft_stage(), dpo_stage())
+    path = write_pipeline(workdir, sft_stage(), dpo_stage(), eval_stage(pairs="data/tiny/dpo"))
     ended = []
-    outcomes = run_pipeline(path, on_stage_end=ended.append)  # two stage processes
-    assert [(o.name, o.status) for o in outcomes] == [("sft", "ran"), ("dpo", "ran")]
+    outcomes = run_pipeline(path, on_stage_end=ended.append)  # three stage processes
+    assert [(o.name, o.status) for o in outcomes] == [("sft", "ran"), ("dpo", "ran"), ("eval", "ran")]
     assert ended == outcomes and outcomes[1].log == "runs/pipe/logs/dpo.log"
+    # the eval stage: each stage's model scored in its own eval/ folder, and compared under its output_dir
+    compared = json.loads(Path("runs/pipe/eval/results.json").read_text())
+    assert list(compared) == ["sft", "dpo"]
+    for name in ("sft", "dpo"):
+        own = json.loads(Path(f"runs/pipe/{name}/eval/results.json").read_text())
+        assert compared[name]["tasks"]["exact_match"]["all"] == own["tasks"]["exact_match"]["all"]
+        assert own["tasks"]["exact_match"]["rows"] == 10
+    assert compared["dpo"]["tasks"]["preference"]["rows"] == 10  # the dpo folder's test split, first 10
+    assert Path("runs/pipe/eval/results.md").read_text().startswith("| model | preference/all |")
     dpo_run = read_run_recipe(Path("runs/pipe/dpo"))
     assert dpo_run["status"] == "finished"
     assert dpo_run["values"]["model_name_or_path"] == "runs/pipe/sft"  # not the recipe's runs/tiny/sft
@@ -257,12 +283,12 @@ def test_pipeline_runs_skips_reruns_and_stops_at_a_failure(workdir, monkeypatch,
         assert marker["hash"] == stage.hash and marker["stage"] == stage.name
     assert json.loads(Path("runs/pipe/dpo", MARKER).read_text())["inputs"] == {"sft": pipeline.stages[0].hash}
     out = capsys.readouterr().out
-    assert "[2/2] dpo: python " in out and "--model_name_or_path runs/pipe/sft" in out
+    assert "[2/3] dpo: python " in out and "--model_name_or_path runs/pipe/sft" in out
     assert "(log: runs/pipe/logs/dpo.log)" in out
 
-    # Rerun: both finished and unchanged, nothing launched
-    assert [o.status for o in run_pipeline(path)] == ["skipped", "skipped"]
-    assert "[1/2] skip sft (finished, unchanged: runs/pipe/sft)" in capsys.readouterr().out
+    # Rerun: all finished and unchanged, nothing launched
+    assert [o.status for o in run_pipeline(path)] == ["skipped", "skipped", "skipped"]
+    assert "[1/3] skip sft (finished, unchanged: runs/pipe/sft)" in capsys.readouterr().out
 
     # dpo's overrides changed: sft skipped, dpo trains afresh over its previous run (one stage process)
     changed = write_pipeline(workdir, sft_stage(), dpo_stage(beta=0.1, max_steps=2), name="changed",

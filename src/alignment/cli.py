@@ -11,6 +11,8 @@
     alignment merge ADAPTER --output_dir DIR     # a LoRA stage's adapter merged into its base
     alignment rerun OUTPUT_DIR/run_manifest.json [--key value ...]   # repeat a run, its recipe as recorded
     alignment run PIPELINE.yaml [--from STAGE | --only STAGE] [--dry_run]   # stages in order, one process each
+    alignment eval MODEL_DIR [--prompts F] [--pairs F] [--questions F --judge_url URL ...]   # held-out scores
+    alignment serve MODEL_DIR [--port 8000]      # an OpenAI-compatible endpoint (/v1/chat/completions)
 
 `alignment sft R --accelerate_config F` is `accelerate launch --config_file F scripts/run_sft.py R`.
 Every subcommand has `--help`; recipe keys pass through as `--key value`.
@@ -136,6 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
     from alignment.eval_command import add_eval_arguments
 
     add_eval_arguments(evaluate)
+    served = sub.add_parser(
+        "serve",
+        help="Serve a model folder as an OpenAI-compatible endpoint: /v1/chat/completions, /v1/models.",
+        description="Plain transformers generation, one request at a time: for a local judge, tests and "
+        "trying a model; vLLM (`vllm serve MODEL_DIR`) is the server for real traffic.",
+        allow_abbrev=False,
+    )
+    served.add_argument("model_dir", help="A model folder (an adapter is merged into its base).")
+    served.add_argument("--host", default="127.0.0.1", help="Address to listen on (default 127.0.0.1).")
+    served.add_argument("--port", type=int, default=8000, help="Port (default 8000).")
     rerun = sub.add_parser(
         "rerun",
         help="Repeat a run from its run_manifest.json: the recorded recipe, overrides and launch.",
@@ -249,6 +261,13 @@ def main(argv: list[str] | None = None) -> None:
         from alignment.eval_command import run_eval_command
 
         run_eval_command(options)
+    elif options.command == "serve":
+        import logging
+
+        from alignment.serve import serve
+
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+        serve(options.model_dir, options.host, options.port)
     elif options.command == "rerun":
         from alignment.manifest import rerun
 

@@ -20,7 +20,7 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,9 @@ from alignment.errors import RecipeError
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("loss", "preference", "exact_match")
-TASK_INPUT = {"loss": "--dataset", "preference": "--pairs", "exact_match": "--prompts"}
+TASKS = ("loss", "preference", "exact_match", "judge", "judge_pairwise")
+TASK_INPUT = {"loss": "--dataset", "preference": "--pairs", "exact_match": "--prompts",
+              "judge": "--questions and --judge_url", "judge_pairwise": "--questions, --judge_url and --baseline"}  # fmt: skip
 
 
 @dataclass
@@ -46,6 +47,13 @@ class EvalRequest:
     prompts: str | None = None
     prompts_split: str | None = None
     reference: str | None = None
+    questions: str | None = None  # a JSONL of questions for the judge tasks
+    judge_url: str | None = None
+    judge_model: str | None = None
+    judge_api_key_env: str | None = None  # the variable holding the judge's key; None: no key is sent
+    judge_workers: int = 8
+    baseline: str | None = None  # judge_pairwise: a model folder, or a JSONL with an `answer` per question
+    max_new_tokens: int = 256  # the judged answers' length
     max_rows: int | None = None  # the first N rows of each input
     batch_size: int = 64
     card: bool = True
@@ -54,8 +62,14 @@ class EvalRequest:
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """The eval command's arguments, shared by `scripts/run_eval.py` and `alignment eval`."""
     parser.add_argument(
-        "model_dir", help="A stage's output_dir, a merged model, an adapter or a reward model."
+        "model_dir", nargs="+",
+        help="A stage's output_dir, a merged model, an adapter or a reward model; several are compared.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--output_dir",
+        help="With several models: where their comparison goes (results.json, .md, stages.png).",
     )
+    parser.add_argument("--names", help="With several models: comma-separated names (default: folder names).")
     parser.add_argument(
         "--tasks", help=f"Comma-separated, from {', '.join(TASKS)} (default: those given input)."
     )
@@ -68,6 +82,25 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", help="Held-out prompts with an `answer` for `exact_match`.")
     parser.add_argument("--prompts_split", help="Their split (default as --dataset_split).")
     parser.add_argument("--reference", help="With --pairs: rank by DPO's implicit reward against this model.")
+    parser.add_argument(
+        "--questions", help="Questions for the judge: JSONL rows with `question` or `prompt`."
+    )
+    parser.add_argument(
+        "--judge_url", help="The judge's OpenAI-compatible endpoint, e.g. http://host:8000/v1."
+    )
+    parser.add_argument("--judge_model", help="The model name the judge endpoint serves.")
+    parser.add_argument(
+        "--judge_api_key_env",
+        metavar="VAR",
+        help="Environment variable holding the judge's API key (never written).",
+    )
+    parser.add_argument("--judge_workers", type=int, default=8, help="Judge requests in flight (default 8).")
+    parser.add_argument(
+        "--baseline", help="judge_pairwise: the baseline's answers, a model folder or a JSONL with `answer`."
+    )
+    parser.add_argument(
+        "--max_new_tokens", type=int, default=256, help="Longest answer the model writes for the judge."
+    )
     parser.add_argument("--max_rows", type=int, help="Evaluate the first N rows of each input.")
     parser.add_argument("--batch_size", type=int, default=64, help="Sequences per forward pass (default 64).")
     parser.add_argument("--no_card", action="store_true", help="Leave the model card (README.md) alone.")
@@ -77,8 +110,17 @@ def request_from(options: argparse.Namespace) -> EvalRequest:
     """The request from `add_eval_arguments`' options: the same names, but for `--tasks` (a comma list) and
     `--no_card`."""
     named = {f.name: getattr(options, f.name) for f in fields(EvalRequest) if f.name not in ("tasks", "card")}
+    if isinstance(named["model_dir"], list):  # several: `requests_from`
+        named["model_dir"] = named["model_dir"][0]
     tasks = [t.strip() for t in options.tasks.split(",") if t.strip()] if options.tasks else []
     return EvalRequest(**named, tasks=tasks, card=not options.no_card)
+
+
+def requests_from(options: argparse.Namespace) -> list[EvalRequest]:
+    """One request per model folder, each with the same tasks and inputs."""
+    request = request_from(options)
+    folders = options.model_dir if isinstance(options.model_dir, list) else [options.model_dir]
+    return [replace(request, model_dir=folder) for folder in folders]
 
 
 def model_kind(model_dir: str | Path) -> str:
@@ -102,11 +144,18 @@ def check_request(request: EvalRequest) -> dict[str, Any]:
     for task in request.tasks:
         if task not in TASKS:
             raise RecipeError(f"--tasks: unknown task {task!r}; tasks: {', '.join(TASKS)}")
-    given = {"loss": request.dataset, "preference": request.pairs, "exact_match": request.prompts}
+    if request.baseline is not None and not (request.questions and request.judge_url):
+        raise RecipeError("--baseline is for the judge_pairwise task: give --questions and --judge_url too")
+    if request.questions is not None and not request.judge_url:
+        raise RecipeError("--questions are for the judge: give --judge_url and --judge_model too")
+    judged = request.questions and request.judge_url
+    given = {"loss": request.dataset, "preference": request.pairs, "exact_match": request.prompts,
+             "judge": judged, "judge_pairwise": judged and request.baseline}  # fmt: skip
     tasks = request.tasks or [task for task in TASKS if given[task]]
     if not tasks:
         raise RecipeError(
-            "nothing to evaluate: give --dataset (loss), --pairs (preference) or --prompts (exact_match)"
+            "nothing to evaluate: give --dataset (loss), --pairs (preference), --prompts (exact_match) or "
+            "--questions with --judge_url (judge; with --baseline, judge_pairwise)"
         )
     for task in tasks:
         if not given[task]:
@@ -126,7 +175,13 @@ def check_request(request: EvalRequest) -> dict[str, Any]:
         raise RecipeError(f"--max_rows is {request.max_rows}; it must be at least 1")
     if request.batch_size < 1:
         raise RecipeError(f"--batch_size is {request.batch_size}; it must be at least 1")
+    if request.baseline is not None and "judge_pairwise" not in tasks:
+        raise RecipeError(
+            f"--baseline is for the judge_pairwise task, which --tasks {','.join(tasks)} leaves out"
+        )
     rows: dict[str, Any] = {"kind": kind}
+    if {"judge", "judge_pairwise"} & set(tasks):
+        rows["judge"] = _check_judge_request(request)
     if "loss" in tasks:
         rows["loss"] = _read_loss_rows(request.dataset, request.dataset_split, request.max_rows)
     if "preference" in tasks:
@@ -138,6 +193,26 @@ def check_request(request: EvalRequest) -> dict[str, Any]:
             request.prompts, request.prompts_split or request.dataset_split, request.max_rows, "--prompts"
         )
     return rows
+
+
+def _check_judge_request(request: EvalRequest) -> dict[str, Any]:
+    """The judge's questions and baseline, read; its URL, model, key variable and workers checked."""
+    from alignment.judge import api_key_from_env, check_judge
+
+    if not request.judge_model:
+        raise RecipeError(
+            "--judge_model is required with --judge_url: the name the endpoint serves the judge as"
+        )
+    for option in ("judge_workers", "max_new_tokens"):
+        if getattr(request, option) < 1:
+            raise RecipeError(f"--{option} is {getattr(request, option)}; it must be at least 1")
+    try:
+        inputs = check_judge(request.questions, request.judge_url, request.judge_model, request.baseline,
+                             request.max_rows)  # fmt: skip
+    except RecipeError as err:
+        raise RecipeError(f"--questions/--judge_url/--baseline: {err}") from None
+    inputs["api_key"] = api_key_from_env(request.judge_api_key_env) if request.judge_api_key_env else None
+    return inputs
 
 
 def read_prompts(source: str, split: str | None, max_rows: int | None, option: str) -> list[dict]:
@@ -178,12 +253,26 @@ def _read_loss_rows(source: str, split: str | None, max_rows: int | None) -> dic
             raise as_text from None
 
 
-def run_eval(request: EvalRequest) -> dict[str, Any]:
-    """Evaluate, write MODEL_DIR/eval/results.json and results.md, and update the card; return the results."""
+def for_its_kind(request: EvalRequest) -> tuple[EvalRequest | None, str | None]:
+    """The request narrowed to what the model can do, in a comparison of several: a reward model only ranks
+    pairs. Returns the request (None: no task applies) and what was left out, which is printed and recorded."""
+    if model_kind(request.model_dir) != "reward":
+        return request, None
+    if not request.pairs:
+        return None, "a reward model only ranks --pairs, and none were given: not evaluated"
+    others = request.dataset or request.prompts or request.questions or request.reference
+    note = "a reward model: its score ranks the pairs; the other tasks do not apply" if others else None
+    return replace(request, tasks=["preference"], reference=None, dataset=None, prompts=None, questions=None,
+                   judge_url=None, baseline=None), note  # fmt: skip
+
+
+def run_eval(request: EvalRequest, rows: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate, write MODEL_DIR/eval/results.json and results.md, and update the card; return the results.
+    `rows`: what `check_request` read for it, when it was checked already."""
     from alignment import evaluation
     from alignment.eval_report import write_results
 
-    rows = check_request(request)
+    rows = rows or check_request(request)
     results: dict[str, Any] = {"model": str(request.model_dir), "tasks": {}}
     if rows["kind"] == "reward":
         start = time.time()
@@ -230,7 +319,41 @@ def run_eval(request: EvalRequest) -> dict[str, Any]:
         results["tasks"]["exact_match"] = {
             "source": request.prompts, "rows": len(prompts), **shares, "seconds": _since(start)
         }  # fmt: skip
+    if "judge" in rows:
+        results["tasks"].update(_judge(request, rows["judge"], model, tokenizer, results))
     return write_results(request, results)
+
+
+def _judge(request: EvalRequest, inputs: dict[str, Any], model: Any, tokenizer: Any,
+           results: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """The model's answers to the questions, graded by the judge (and against the baseline's when given).
+    Each judgement's record (the judge's raw reply included) goes to eval/judge_<task>.jsonl."""
+    from alignment import evaluation, judge
+
+    start = time.time()
+    answers = evaluation.generate_answers(model, tokenizer, inputs["prompts"], request.max_new_tokens,
+                                          batch_size=request.batch_size)  # fmt: skip
+    results["answer_seconds"] = _since(start)
+    options = {"url": request.judge_url, "model": request.judge_model, "api_key": inputs["api_key"],
+               "workers": request.judge_workers}  # fmt: skip
+    tasks = {}
+    if "judge" in (request.tasks or ["judge"]):
+        tasks["judge"] = judge.judge_scores(inputs["questions"], answers, **options)
+    baseline = inputs["baseline_answers"]
+    if inputs["baseline_model"] is not None:
+        start = time.time()
+        baseline = judge.answer_questions(inputs["baseline_model"], inputs["prompts"], request.max_new_tokens)
+        results["baseline_answer_seconds"] = _since(start)
+    if baseline is not None:
+        tasks["judge_pairwise"] = judge.judge_pairwise(inputs["questions"], answers, baseline, **options)
+    out = Path(request.model_dir) / "eval"
+    out.mkdir(exist_ok=True)
+    for name, numbers in tasks.items():
+        records = numbers.pop("records")
+        path = out / f"{name}_records.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        numbers.update({"source": request.questions, "rows": numbers.pop("questions"), "records": str(path)})
+    return tasks
 
 
 def _preference_result(
@@ -250,7 +373,12 @@ def run_eval_command(options: argparse.Namespace) -> dict[str, Any]:
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     quiet_library_noise()
-    results = run_eval(request_from(options))
-    print(markdown_table(results))
-    print(f"\nresults in {Path(options.model_dir) / 'eval' / 'results.json'}")
-    return results
+    requests = requests_from(options)
+    if len(requests) == 1 and not options.output_dir:
+        results = run_eval(requests[0])
+        print(markdown_table(results))
+        print(f"\nresults in {Path(requests[0].model_dir) / 'eval' / 'results.json'}")
+        return results
+    from alignment.eval_compare import compare_models
+
+    return compare_models(requests, options.output_dir, options.names)

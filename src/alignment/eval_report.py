@@ -14,7 +14,12 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 CARD_BEGIN, CARD_END = "<!-- alignment eval: begin -->", "<!-- alignment eval: end -->"
-NOT_METRICS = {"source", "rows", "seconds", "scored", "ranked_by", "tokens"}
+NOT_METRICS = {"source", "rows", "seconds", "scored", "ranked_by", "tokens", "judge_model", "records"}
+SHARE_TASKS = {"preference", "exact_match"}  # every metric of these is a share of rows: shown in %
+JUDGE_HOW = {
+    "judge": "graded 1-10 by judge {}",
+    "judge_pairwise": "against the baseline, both orders, judge {}",
+}
 
 
 def write_results(request: Any, results: dict[str, Any]) -> dict[str, Any]:
@@ -47,16 +52,32 @@ def markdown_table(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for task, numbers in results["tasks"].items():
-        how = numbers.get("scored") or numbers.get("ranked_by") or "greedy answer equals `answer`"
+        how = (
+            numbers.get("scored")
+            or numbers.get("ranked_by")
+            or (JUDGE_HOW[task].format(numbers.get("judge_model")) if task in JUDGE_HOW else None)
+            or numbers.get("measured_by")
+            or "greedy answer equals `answer`"
+        )
         for metric, value in numbers.items():
-            if metric in NOT_METRICS:
+            if metric in NOT_METRICS or metric == "measured_by":
                 continue
-            shown = f"{value:.4g}" if task == "loss" else f"{100 * value:.1f}%"
             lines.append(
-                f"| {task} | {metric} | {shown} | {how} | {numbers.get('source')} | {numbers.get('rows')} "
-                f"| {numbers.get('seconds')} |"
+                f"| {task} | {metric} | {_shown(task, metric, value)} | {how} | {numbers.get('source')} "
+                f"| {numbers.get('rows')} | {numbers.get('seconds')} |"
             )
     return "\n".join(lines)
+
+
+def _shown(task: str, metric: str, value: Any) -> str:
+    """A count as it is, a share in %, a loss or a mean grade to 4 digits; `-` for none (nothing judged)."""
+    if value is None:
+        return "-"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if task in SHARE_TASKS or metric in ("win_rate", "exact_match", "acc", "acc_norm"):
+        return f"{100 * value:.1f}%"
+    return f"{value:.4g}"
 
 
 def update_card(card: Path, table: str) -> None:

@@ -33,7 +33,7 @@ def script_path(stage: str) -> Path:
 def stage_command(stage: str, recipe: str, overrides: list[str] | None = None,
                   accelerate_config: str | None = None, num_processes: int | None = None) -> list[str]:  # fmt: skip
     """The command line that runs `stage` on `recipe`: plain Python, or `accelerate launch` when asked."""
-    command = [str(script_path(stage)), recipe, *(overrides or [])]
+    command = [str(script_path(stage)), *([recipe] if recipe else []), *(overrides or [])]  # eval: no recipe
     if accelerate_config is None and num_processes is None:
         return [sys.executable, *command]
     launch = [sys.executable, "-m", "accelerate.commands.launch"]

@@ -27,7 +27,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,12 @@ from alignment.secrets import redact
 MARKER = "pipeline_stage.json"
 PIPELINE_KEYS = {"name", "accelerate_config", "num_processes", "log_dir", "stages"}
 STAGE_KEYS = {"name", "stage", "recipe", "overrides", "model", "accelerate_config", "num_processes"}
+EVAL_STAGE_KEYS = {
+    "name",
+    "stage",
+    "models",
+    "overrides",
+}  # `stage: eval`: scripts/run_eval.py on earlier outputs
 LAUNCH_KEYS = ("accelerate_config", "num_processes")
 TAIL_LINES = 15
 
@@ -55,6 +61,11 @@ class PipelineStage:
     hash: str
     accelerate_config: str | None = None
     num_processes: int | None = None
+    models: list[str] = field(default_factory=list)  # an eval stage: the earlier stages it evaluates
+
+    @property
+    def is_eval(self) -> bool:
+        return self.stage == "eval"
 
 
 @dataclass
@@ -190,6 +201,8 @@ def _resolve_stage(entry: dict[str, Any], earlier: list[PipelineStage], launch: 
     stage = entry.get("stage")
     name = entry.get("name", stage)
     where = f"{where} ({name})" if isinstance(name, str) else where
+    if stage == "eval":
+        return _resolve_eval_stage(entry, earlier, where)
     _check_keys(entry, STAGE_KEYS, where)
     for key in ("stage", "recipe"):
         if not isinstance(entry.get(key), str) or not entry[key]:
@@ -230,6 +243,62 @@ def _resolve_stage(entry: dict[str, Any], earlier: list[PipelineStage], launch: 
     return PipelineStage(name, stage, recipe, overrides, values, output_dir, inputs, digest, **launch)
 
 
+def _resolve_eval_stage(entry: dict[str, Any], earlier: list[PipelineStage], where: str) -> PipelineStage:
+    """`stage: eval`: `alignment eval` on the outputs of `models` (default: every earlier stage), its
+    `overrides` being the eval command's options (`prompts`, `pairs`, `dataset`, ...; `output_dir` required:
+    the comparison goes there). It runs when an input changed and is skipped when its results stand."""
+    from alignment.eval_command import EvalRequest
+
+    _check_keys(entry, EVAL_STAGE_KEYS, where)
+    name = entry.get("name", "eval")
+    if not isinstance(name, str) or not name:
+        raise RecipeError(f"{where}: `name` must be a non-empty string")
+    if any(s.name == name for s in earlier):
+        raise RecipeError(f"{where}: `name` {name!r} is used twice; give each stage its own `name`")
+    if not earlier:
+        raise RecipeError(f"{where}: an eval stage evaluates earlier stages; it cannot come first")
+    models = entry.get("models", [s.name for s in earlier])
+    by_name = {s.name: s for s in earlier}
+    if not isinstance(models, list) or not models:
+        raise RecipeError(f"{where}: `models` must be a non-empty list of earlier stage names")
+    for model in models:
+        if model not in by_name:
+            raise RecipeError(
+                f"{where}: `models`: {model!r} is not an earlier stage{_earlier_names(earlier)}"
+            )
+    overrides = entry.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise RecipeError(f"{where}: `overrides` must be a mapping of eval options to values")
+    options = {f.name for f in fields(EvalRequest)} - {"model_dir", "card"} | {"no_card", "output_dir"}
+    _check_keys(overrides, options, f"{where}: overrides")
+    inputs = list(models)
+    overrides = {str(k): _resolve_refs(v, str(k), by_name, inputs, where) for k, v in overrides.items()}
+    output_dir = overrides.get("output_dir")
+    if not isinstance(output_dir, str) or not output_dir:
+        raise RecipeError(
+            f"{where}: `overrides.output_dir` is required: the comparison of the models goes there"
+        )
+    payload = {"stage": "eval", "models": models, "options": overrides,
+               "inputs": {n: by_name[n].hash for n in inputs}}  # fmt: skip
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return PipelineStage(
+        name, "eval", "", overrides, dict(overrides), output_dir, inputs, digest, models=models
+    )
+
+
+def eval_args(stage: PipelineStage, by_name: dict[str, PipelineStage]) -> list[str]:
+    """scripts/run_eval.py's arguments: the models' folders, their names, then the options as flags."""
+    args = [by_name[m].output_dir for m in stage.models] + ["--names", ",".join(stage.models)]
+    for key, value in stage.overrides.items():
+        if isinstance(value, bool):  # the eval command's switches take no value
+            args += [f"--{key}"] if value else []
+        elif isinstance(value, list):
+            args += [f"--{key}", ",".join(str(v) for v in value)]
+        elif value is not None:
+            args += [f"--{key}", str(value)]
+    return args
+
+
 def _check_script(stage: str, where: str) -> None:
     from alignment.launch import repo_root
 
@@ -265,6 +334,8 @@ def is_policy(stage: str) -> bool:
     """A stage whose output can be the next stage's model: not a reward model (a scorer, not a generator)."""
     from alignment.stages import STAGES
 
+    if stage == "eval":  # writes numbers, not a model
+        return False
     spec = STAGES.get(stage)
     return spec is None or spec.head != "reward"
 
@@ -343,8 +414,12 @@ def plan_pipeline(
             if name not in forced and forced:
                 _require_finished(pipeline, name, stage.name, option)
         plan = _decide(stage, forced=stage.name in forced)
-        overrides = {**stage.overrides, **({"overwrite_output_dir": True} if plan.overwrite else {})}
-        plan.args = to_cli(overrides)
+        if stage.is_eval:  # results are rewritten, never resumed: nothing to overwrite
+            plan.overwrite = False
+            plan.args = eval_args(stage, {s.name: s for s in pipeline.stages})
+        else:
+            overrides = {**stage.overrides, **({"overwrite_output_dir": True} if plan.overwrite else {})}
+            plan.args = to_cli(overrides)
         plan.command = stage_command(stage.stage, stage.recipe, plan.args, stage.accelerate_config,
                                      stage.num_processes)  # fmt: skip
         plans.append(plan)
@@ -374,6 +449,11 @@ def _decide(stage: PipelineStage, forced: bool) -> StagePlan:
         return StagePlan(stage, "run", why)  # the stage script resumes, refuses or stops on what is there
     if marker.get("hash") != stage.hash:
         return StagePlan(stage, "run", "changed (or a stage it reads changed): runs afresh", overwrite=True)
+    if stage.is_eval:
+        done = (output / "results.json").is_file()
+        return (
+            StagePlan(stage, "skip", "finished, unchanged") if done else StagePlan(stage, "run", "unfinished")
+        )
     if not is_finished(output):
         return StagePlan(stage, "run", "unchanged, unfinished: resumes")
     return StagePlan(stage, "skip", "finished, unchanged")
