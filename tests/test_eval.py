@@ -247,3 +247,35 @@ def test_judge_options_are_refused_in_one_line(uniform_model, tmp_path):
     for request, message in cases:
         with pytest.raises(RecipeError, match=message):
             check_request(request)
+
+
+@pytest.mark.slow
+def test_harness_task_scores_as_exact_match_does(tiny_data, sft_model, tmp_path, monkeypatch):
+    """`--harness tiny_exact_match` (lm-eval, the shipped task on data/tiny/eval.jsonl) next to `--prompts` on
+    the same rows: the same share; each row's reply under eval/lm_eval/."""
+    import shutil
+
+    model_dir = tmp_path / "sft"
+    shutil.copytree(sft_model, model_dir)
+    monkeypatch.chdir(tiny_data)  # the shipped task reads data/tiny/eval.jsonl from here
+    results = run_eval(EvalRequest(str(model_dir), harness="tiny_exact_match", prompts="data/tiny/eval.jsonl",
+                                   max_rows=20, card=False))  # fmt: skip
+    ours, harness = results["tasks"]["exact_match"], results["tasks"]["lm_eval/tiny_exact_match"]
+    assert harness["rows"] == ours["rows"] == 20
+    assert harness["exact_match"] == ours["all"] and harness["exact_match_count"] == ours["count"]
+    assert harness["source"] == "data/tiny/eval.jsonl"
+    assert len((model_dir / "eval" / "lm_eval" / "tiny_exact_match.jsonl").read_text().splitlines()) == 20
+    assert "| lm_eval/tiny_exact_match | exact_match |" in (model_dir / "eval" / "results.md").read_text()
+
+
+def test_harness_options_are_refused_in_one_line(uniform_model, away_from_the_checkout):
+    cases = [
+        (EvalRequest(str(uniform_model), harness="tiny_exact_match"), "--harness: task `tiny_exact_match`: its data file data/tiny/eval.jsonl does not exist"),
+        (EvalRequest(str(uniform_model), harness="gsm8k_local", task_data=["gsm8k_local"]), "--task_data 'gsm8k_local': give NAME=PATH"),
+        (EvalRequest(str(uniform_model), harness="gsm8k_local", task_data=["gsm8k_lokal=x.jsonl"]), "did you mean `gsm8k_local`"),
+        (EvalRequest(str(uniform_model), prompts="p.jsonl", task_data=["gsm8k_local=x.jsonl"]), "--task_data is for --harness tasks"),
+        (EvalRequest(str(uniform_model), harness="gsm8k_local", num_fewshot=-1), "--num_fewshot is -1"),
+    ]  # fmt: skip
+    for request, message in cases:
+        with pytest.raises(RecipeError, match=message):
+            check_request(request)

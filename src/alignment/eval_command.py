@@ -28,9 +28,9 @@ from alignment.errors import RecipeError
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("loss", "preference", "exact_match", "judge", "judge_pairwise")
+TASKS = ("loss", "preference", "exact_match", "judge", "judge_pairwise", "harness")
 TASK_INPUT = {"loss": "--dataset", "preference": "--pairs", "exact_match": "--prompts",
-              "judge": "--questions and --judge_url", "judge_pairwise": "--questions, --judge_url and --baseline"}  # fmt: skip
+              "judge": "--questions and --judge_url", "judge_pairwise": "--questions, --judge_url and --baseline", "harness": "--harness"}  # fmt: skip
 
 
 @dataclass
@@ -54,6 +54,11 @@ class EvalRequest:
     judge_workers: int = 8
     baseline: str | None = None  # judge_pairwise: a model folder, or a JSONL with an `answer` per question
     max_new_tokens: int = 256  # the judged answers' length
+    harness: str | None = None  # lm-eval tasks, comma-separated
+    task_data: list[str] | None = None  # NAME=PATH: a shipped local lm-eval task's data
+    harness_backend: str = "auto"
+    num_fewshot: int | None = None
+    max_gen_toks: int | None = None
     max_rows: int | None = None  # the first N rows of each input
     batch_size: int = 64
     card: bool = True
@@ -100,6 +105,25 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max_new_tokens", type=int, default=256, help="Longest answer the model writes for the judge."
+    )
+    parser.add_argument(
+        "--harness", metavar="TASKS",
+        help="lm-evaluation-harness tasks, comma-separated: lm-eval's own (mmlu, gsm8k, ifeval: from the Hub) "
+        "or shipped local ones (tiny_exact_match, gsm8k_local, mmlu_local).",
+    )  # fmt: skip
+    parser.add_argument(
+        "--task_data", action="append", metavar="NAME=PATH",
+        help="A shipped local task's data: a test file, or a folder of test*/train* files (repeatable).",
+    )  # fmt: skip
+    parser.add_argument(
+        "--harness_backend", default="auto", choices=["auto", "hf", "vllm"],
+        help="auto: vLLM where installed with a CUDA GPU, else transformers.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--num_fewshot", type=int, help="Shots for every --harness task (default: each task's)."
+    )
+    parser.add_argument(
+        "--max_gen_toks", type=int, help="Longest generation of --harness tasks (default: each task's)."
     )
     parser.add_argument("--max_rows", type=int, help="Evaluate the first N rows of each input.")
     parser.add_argument("--batch_size", type=int, default=64, help="Sequences per forward pass (default 64).")
@@ -150,12 +174,12 @@ def check_request(request: EvalRequest) -> dict[str, Any]:
         raise RecipeError("--questions are for the judge: give --judge_url and --judge_model too")
     judged = request.questions and request.judge_url
     given = {"loss": request.dataset, "preference": request.pairs, "exact_match": request.prompts,
-             "judge": judged, "judge_pairwise": judged and request.baseline}  # fmt: skip
+             "judge": judged, "judge_pairwise": judged and request.baseline, "harness": request.harness}  # fmt: skip
     tasks = request.tasks or [task for task in TASKS if given[task]]
     if not tasks:
         raise RecipeError(
             "nothing to evaluate: give --dataset (loss), --pairs (preference), --prompts (exact_match) or "
-            "--questions with --judge_url (judge; with --baseline, judge_pairwise)"
+            "--questions with --judge_url (judge; with --baseline, judge_pairwise) or --harness TASKS"
         )
     for task in tasks:
         if not given[task]:
@@ -182,6 +206,10 @@ def check_request(request: EvalRequest) -> dict[str, Any]:
     rows: dict[str, Any] = {"kind": kind}
     if {"judge", "judge_pairwise"} & set(tasks):
         rows["judge"] = _check_judge_request(request)
+    if "harness" in tasks:
+        rows["harness"] = _check_harness_request(request)
+    elif request.task_data:
+        raise RecipeError("--task_data is for --harness tasks: name them with --harness")
     if "loss" in tasks:
         rows["loss"] = _read_loss_rows(request.dataset, request.dataset_split, request.max_rows)
     if "preference" in tasks:
@@ -193,6 +221,40 @@ def check_request(request: EvalRequest) -> dict[str, Any]:
             request.prompts, request.prompts_split or request.dataset_split, request.max_rows, "--prompts"
         )
     return rows
+
+
+def _check_harness_request(request: EvalRequest) -> dict[str, Any]:
+    """lm-eval's task names and the local tasks' files, checked; the tasks and their data."""
+    from alignment.harness import check_harness
+
+    tasks = [t.strip() for t in request.harness.split(",") if t.strip()]
+    task_data = {}
+    for item in request.task_data or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise RecipeError(f"--task_data {item!r}: give NAME=PATH, e.g. gsm8k_local=/data/gsm8k/main")
+        task_data[name] = path
+    for option in ("num_fewshot", "max_gen_toks"):
+        value = getattr(request, option)
+        if value is not None and value < (0 if option == "num_fewshot" else 1):
+            raise RecipeError(
+                f"--{option} is {value}; it must be at least {0 if option == 'num_fewshot' else 1}"
+            )
+    try:
+        check_harness(tasks, task_data)
+    except RecipeError as err:
+        raise RecipeError(f"--harness: {err}") from None
+    return {"tasks": tasks, "task_data": task_data}
+
+
+def _shipped_data(task: str) -> str | None:
+    """A shipped lm-eval task's default data file(s), as the table's `data` cell."""
+    from alignment.harness import read_task, shipped_tasks
+
+    if task not in shipped_tasks():
+        return None
+    files = (read_task(task).get("dataset_kwargs") or {}).get("data_files") or {}
+    return ", ".join(str(f) for f in files.values()) or None
 
 
 def _check_judge_request(request: EvalRequest) -> dict[str, Any]:
@@ -283,9 +345,11 @@ def run_eval(request: EvalRequest, rows: dict[str, Any] | None = None) -> dict[s
         )
         return write_results(request, results)
 
-    start = time.time()
-    model, tokenizer = evaluation.load_for_eval(request.model_dir)
-    results["load_seconds"] = round(time.time() - start, 2)
+    model = tokenizer = None
+    if any(task in rows for task in ("loss", "preference", "exact_match", "judge")):  # lm-eval loads its own
+        start = time.time()
+        model, tokenizer = evaluation.load_for_eval(request.model_dir)
+        results["load_seconds"] = round(time.time() - start, 2)
     if "loss" in rows:
         start = time.time()
         data = rows["loss"]
@@ -321,6 +385,25 @@ def run_eval(request: EvalRequest, rows: dict[str, Any] | None = None) -> dict[s
         }  # fmt: skip
     if "judge" in rows:
         results["tasks"].update(_judge(request, rows["judge"], model, tokenizer, results))
+    if "harness" in rows:
+        from alignment.harness import run_harness
+
+        model = None  # lm-eval loads the model its own way (vLLM on a GPU): ours is freed first
+        scores = run_harness(
+            request.model_dir, rows["harness"]["tasks"], limit=request.max_rows, batch_size=request.batch_size,
+            backend=request.harness_backend, task_data=rows["harness"]["task_data"],
+            num_fewshot=request.num_fewshot, max_gen_toks=request.max_gen_toks,
+            samples_dir=str(Path(request.model_dir) / "eval" / "lm_eval"),
+        )  # fmt: skip
+        for name, numbers in scores.items():
+            source = (
+                rows["harness"]["task_data"].get(name) or _shipped_data(name) or "lm-eval's own (the Hub)"
+            )
+            results["tasks"][f"lm_eval/{name}"] = {
+                "source": source,
+                **numbers,
+                "measured_by": "lm-evaluation-harness",
+            }
     return write_results(request, results)
 
 

@@ -59,50 +59,48 @@ def compare_models(requests: list[Any], output_dir: str | None, names: str | Non
     return results
 
 
-def flat_metrics(results: dict[str, Any]) -> dict[str, float]:
-    """`task/metric` -> value of one model's results, counts and bookkeeping left out."""
-    from alignment.eval_report import NOT_METRICS
+def flat_metrics(results: dict[str, Any]) -> dict[str, tuple[float, bool]]:
+    """`task/metric` -> (value, whether it is a share) of one model's results; counts and text left out."""
+    from alignment.eval_report import NOT_METRICS, is_share
 
     flat = {}
     for task, numbers in results.get("tasks", {}).items():
         for metric, value in numbers.items():
             if metric in NOT_METRICS or isinstance(value, bool) or not isinstance(value, float):
                 continue  # counts (ints) and text
-            flat[f"{task}/{metric}"] = value
+            flat[f"{task}/{metric}"] = (value, is_share(task, metric))
     return flat
 
 
 def write_comparison(results: dict[str, Any], out: Path) -> str:
     """results.json, results.md and stages.png under `out`; the table and where things are, as text."""
     from alignment.eval_plots import NO_MATPLOTLIB, can_plot, plot_stages
-    from alignment.eval_report import SHARE_TASKS
 
     out.mkdir(parents=True, exist_ok=True)
     flat = {name: flat_metrics(r) for name, r in results.items()}
     columns = list(dict.fromkeys(key for metrics in flat.values() for key in metrics))
     lines = ["| model | " + " | ".join(columns) + " | note |", "|---" * (len(columns) + 2) + "|"]
     for name, metrics in flat.items():
-        cells = [_cell(key, metrics.get(key)) for key in columns]
+        cells = [_cell(metrics.get(key)) for key in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {results[name].get('note', '')} |")
     table = "\n".join(lines)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     (out / "results.md").write_text(table + "\n")
-    shares = [key for key in columns if key.split("/")[0] in SHARE_TASKS or key.endswith("/win_rate")]
-    overall = [key for key in shares if key.endswith(("/all", "/win_rate"))]  # per skill: in the table
-    shares = overall or shares
+    shares = [key for key in columns if any(m.get(key, (0, False))[1] for m in flat.values())]
+    overall = [key for key in shares if key.endswith(("/all", "/win_rate", "/exact_match", "/acc"))]
+    shares = overall or shares  # per skill: in the table
+    values = {name: {key: value for key, (value, _) in metrics.items()} for name, metrics in flat.items()}
     if not shares:
         chart = "no chart: no share-valued metric"
     elif can_plot():
-        chart = f"chart: {plot_stages(flat, out / 'stages.png', shares)}"
+        chart = f"chart: {plot_stages(values, out / 'stages.png', shares)}"
     else:
         chart = f"no chart: {NO_MATPLOTLIB}"
     return f"{table}\n\ncomparison in {out / 'results.md'} and results.json; {chart}"
 
 
-def _cell(key: str, value: float | None) -> str:
-    from alignment.eval_report import SHARE_TASKS
-
-    if value is None:
+def _cell(entry: tuple[float, bool] | None) -> str:
+    if entry is None:
         return "-"
-    task, metric = key.split("/", 1)
-    return f"{100 * value:.1f}%" if task in SHARE_TASKS or metric == "win_rate" else f"{value:.4g}"
+    value, share = entry
+    return f"{100 * value:.1f}%" if share else f"{value:.4g}"

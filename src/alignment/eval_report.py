@@ -69,13 +69,21 @@ def markdown_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def is_share(task: str, metric: str) -> bool:
+    """A share of rows (shown in %): every metric of preference and exact_match, a win rate, and lm-eval's
+    accuracies and exact matches (not their standard errors)."""
+    name = metric.split("/")[0]
+    return (task in SHARE_TASKS or metric == "win_rate"
+            or (name.startswith(("exact_match", "acc")) and not name.endswith("_stderr")))  # fmt: skip
+
+
 def _shown(task: str, metric: str, value: Any) -> str:
     """A count as it is, a share in %, a loss or a mean grade to 4 digits; `-` for none (nothing judged)."""
     if value is None:
         return "-"
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    if task in SHARE_TASKS or metric in ("win_rate", "exact_match", "acc", "acc_norm"):
+    if is_share(task, metric):
         return f"{100 * value:.1f}%"
     return f"{value:.4g}"
 
