@@ -10,8 +10,8 @@ neither scores answers against references, which is the gap this fills. The metr
 as `eval_exact_match` (and `eval_exact_match/<skill>` when the rows have a `skill`).
 
 Every process answers its own share of the prompts and the hits are gathered, so under DeepSpeed ZeRO-3
-all ranks take part in each `generate` (transformers syncs them) and a multi-GPU run is not slower than
-one GPU. The prompts are read and checked before the model loads.
+all ranks take part in each `generate` (transformers syncs them) and N processes share the work. The
+prompts are read and checked before the model loads.
 """
 
 from __future__ import annotations
