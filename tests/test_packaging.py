@@ -19,6 +19,7 @@ def test_every_data_file_is_declared_package_data():
     # setuptools ships only .py files from a package unless `package-data` names the others (the lm-eval
     # task YAMLs): an editable install finds them, a wheel would not.
     import fnmatch
+
     import tomllib
 
     declared = tomllib.loads((SRC.parents[1] / "pyproject.toml").read_text())["tool"]["setuptools"][
