@@ -345,8 +345,14 @@ def run_eval(request: EvalRequest, rows: dict[str, Any] | None = None) -> dict[s
         )
         return write_results(request, results)
 
+    from alignment.judge import vllm_usable
+
     model = tokenizer = None
-    if any(task in rows for task in ("loss", "preference", "exact_match", "judge")):  # lm-eval loads its own
+    judge_on_vllm = "judge" in rows and vllm_usable()
+    # lm-eval, and the judge's answers on vLLM, load the model their own way
+    if any(task in rows for task in ("loss", "preference", "exact_match")) or (
+        "judge" in rows and not judge_on_vllm
+    ):
         start = time.time()
         model, tokenizer = evaluation.load_for_eval(request.model_dir)
         results["load_seconds"] = round(time.time() - start, 2)
@@ -384,11 +390,13 @@ def run_eval(request: EvalRequest, rows: dict[str, Any] | None = None) -> dict[s
             "source": request.prompts, "rows": len(prompts), **shares, "seconds": _since(start)
         }  # fmt: skip
     if "judge" in rows:
+        if judge_on_vllm:
+            model = _free(model)  # vLLM takes most of the GPU's memory
         results["tasks"].update(_judge(request, rows["judge"], model, tokenizer, results))
     if "harness" in rows:
         from alignment.harness import run_harness
 
-        model = None  # lm-eval loads the model its own way (vLLM on a GPU): ours is freed first
+        model = _free(model)  # lm-eval loads the model its own way (vLLM on a GPU): ours is freed first
         scores = run_harness(
             request.model_dir, rows["harness"]["tasks"], limit=request.max_rows, batch_size=request.batch_size,
             backend=request.harness_backend, task_data=rows["harness"]["task_data"],
@@ -411,11 +419,12 @@ def _judge(request: EvalRequest, inputs: dict[str, Any], model: Any, tokenizer: 
            results: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     """The model's answers to the questions, graded by the judge (and against the baseline's when given).
     Each judgement's record (the judge's raw reply included) goes to eval/judge_<task>.jsonl."""
-    from alignment import evaluation, judge
+    from alignment import judge
 
     start = time.time()
-    answers = evaluation.generate_answers(model, tokenizer, inputs["prompts"], request.max_new_tokens,
-                                          batch_size=request.batch_size)  # fmt: skip
+    loaded = (model, tokenizer) if model is not None else None
+    answers = judge.answer_questions(request.model_dir, inputs["prompts"], request.max_new_tokens,
+                                     request.batch_size, loaded=loaded)  # fmt: skip
     results["answer_seconds"] = _since(start)
     options = {"url": request.judge_url, "model": request.judge_model, "api_key": inputs["api_key"],
                "workers": request.judge_workers}  # fmt: skip
@@ -437,6 +446,18 @@ def _judge(request: EvalRequest, inputs: dict[str, Any], model: Any, tokenizer: 
         path.write_text("".join(json.dumps(r) + "\n" for r in records))
         numbers.update({"source": request.questions, "rows": numbers.pop("questions"), "records": str(path)})
     return tasks
+
+
+def _free(model: Any) -> None:
+    """Drop our copy of the model and give its GPU memory back, for a library that loads its own."""
+    import gc
+
+    import torch
+
+    del model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _preference_result(

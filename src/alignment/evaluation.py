@@ -30,8 +30,16 @@ def load_for_eval(model_dir: str | Path) -> tuple[Any, Any]:
         model = AutoModelForCausalLM.from_pretrained(
             model_dir, use_safetensors=True
         )  # our own saves: no pickle
-    model.eval()
+    model.to(eval_device()).eval()
     return model, tokenizer
+
+
+def eval_device() -> str:
+    """Where held-out scoring runs: the GPU when there is one (every function here moves its inputs to the
+    model's device), else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def generate_answers(model: Any, tokenizer: Any, prompts: list[list[dict]], max_new_tokens: int = 16,
@@ -233,7 +241,7 @@ def reward_scores(model: Any, tokenizer: Any, conversations: list[Any], batch_si
             else tokenizer(c if c.endswith(tokenizer.eos_token) else c + tokenizer.eos_token)["input_ids"]
             for c in batch
         ]
-        padded = tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+        padded = tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(model.device)
         with torch.no_grad():
             logits = model(**padded).logits[:, 0].float()
         scores += logits.tolist()
@@ -250,7 +258,7 @@ def reward_accuracy(model_dir: str | Path, pairs: list[dict]) -> dict[str, float
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, use_safetensors=True)
-    model.eval()
+    model.to(eval_device()).eval()
     # An explicit prompt is prepended to both answers, as TRL does when it trains the model
     chosen = [prompt_of(pair) + pair["chosen"] for pair in pairs]
     rejected = [prompt_of(pair) + pair["rejected"] for pair in pairs]

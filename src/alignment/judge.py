@@ -362,10 +362,55 @@ def check_judge(questions: str, url: str, model: str, baseline: str | None = Non
 
 
 def answer_questions(model_dir: str | Path, prompts: list[list[dict]] | list[str], max_new_tokens: int = 512,
-                     batch_size: int = 16) -> list[str]:  # fmt: skip
-    """The greedy answers of a model folder (an adapter is merged) to chat prompts or plain questions."""
+                     batch_size: int = 16, loaded: tuple[Any, Any] | None = None) -> list[str]:  # fmt: skip
+    """The greedy answers of a model folder (an adapter is merged) to chat prompts or plain questions: with
+    vLLM where it is installed and a CUDA GPU is there (as lm-eval's `auto` backend picks), else with
+    transformers (the `loaded` model and tokenizer when given)."""
     from alignment.evaluation import generate_answers, load_for_eval
 
     chats = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
-    model, tokenizer = load_for_eval(model_dir)
+    if vllm_usable():
+        return vllm_answers(str(model_dir), chats, max_new_tokens)
+    model, tokenizer = loaded or load_for_eval(model_dir)
     return generate_answers(model, tokenizer, chats, max_new_tokens=max_new_tokens, batch_size=batch_size)
+
+
+def vllm_usable() -> bool:
+    import importlib.util
+
+    import torch
+
+    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+
+
+def vllm_answers(model_dir: str, chats: list[list[dict]], max_new_tokens: int) -> list[str]:
+    """Greedy answers from vLLM's offline engine, each chat through the model's own chat template; an adapter
+    folder runs as a LoRA on the base it names. The engine is freed before returning (the GPU is shared with
+    whatever runs next)."""
+    import gc
+
+    import torch
+    from vllm import LLM, SamplingParams
+
+    from alignment.harness import LORA_RANKS
+    from alignment.model import adapter_base
+
+    base = adapter_base(model_dir)
+    lora = None
+    if base:
+        from vllm.lora.request import LoRARequest
+
+        rank = json.loads((Path(model_dir) / "adapter_config.json").read_text()).get("r", 16)
+        tokenizer = model_dir if (Path(model_dir) / "tokenizer_config.json").is_file() else base
+        llm = LLM(model=base, tokenizer=tokenizer, enable_lora=True,
+                  max_lora_rank=min(r for r in LORA_RANKS if r >= rank))  # fmt: skip
+        lora = LoRARequest("adapter", 1, model_dir)
+    else:
+        llm = LLM(model=model_dir)
+    outputs = llm.chat(chats, SamplingParams(temperature=0.0, max_tokens=max_new_tokens), use_tqdm=False,
+                       lora_request=lora)  # fmt: skip
+    answers = [output.outputs[0].text.strip() for output in outputs]
+    del llm
+    gc.collect()
+    torch.cuda.empty_cache()
+    return answers
