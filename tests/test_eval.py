@@ -279,3 +279,52 @@ def test_harness_options_are_refused_in_one_line(uniform_model, away_from_the_ch
     for request, message in cases:
         with pytest.raises(RecipeError, match=message):
             check_request(request)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [("judge_model", "gpt", "--judge_model is for the judge task"), ("num_fewshot", 5, "--num_fewshot is for the harness task"),
+     ("pairs_split", "test", "--pairs_split is for the preference task")],
+)  # fmt: skip
+def test_an_option_whose_task_does_not_run_is_refused_not_ignored(
+    uniform_model, tmp_path, option, value, message
+):
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": user("upper ab"), "answer": "AB"}])
+    request = EvalRequest(str(uniform_model), prompts=str(prompts), **{option: value})
+    with pytest.raises(RecipeError, match=message):
+        check_request(request)
+
+
+@pytest.mark.slow
+def test_several_models_are_compared_each_on_what_it_can_do(uniform_model, rm_model, tiny_data, tmp_path):
+    """A language model and a reward model side by side: the reward model ranks the pairs only (said so in the
+    note), each model gets its own eval/ folder, and the comparison is one row per model."""
+    import shutil
+
+    from alignment.eval_compare import compare_models
+
+    models = [
+        shutil.copytree(uniform_model, tmp_path / "uniform"),
+        shutil.copytree(rm_model, tmp_path / "rm"),
+    ]
+    data = tiny_data / "data" / "tiny"
+    requests = [EvalRequest(str(m), prompts=str(data / "eval.jsonl"), pairs=str(data / "dpo"), max_rows=10)
+                for m in models]  # fmt: skip
+    results = compare_models(requests, str(tmp_path / "compared"), "uniform,rm")
+    assert results["uniform"]["tasks"].keys() == {"preference", "exact_match"}
+    assert results["rm"]["tasks"].keys() == {"preference"} and "reward model" in results["rm"]["note"]
+    assert results["rm"]["tasks"]["preference"]["ranked_by"] == "reward model score"
+    assert (models[1] / "eval" / "results.json").is_file()
+    table = (tmp_path / "compared" / "results.md").read_text().splitlines()
+    assert table[0] == "| model | preference/all | preference/reverse | preference/upper | preference/sort | " \
+                       "preference/count | exact_match/all | exact_match/reverse | exact_match/upper | " \
+                       "exact_match/sort | exact_match/count | note |"  # fmt: skip
+    assert table[3].startswith("| rm | ") and table[3].count(" - |") == 5  # no exact match for a reward model
+    assert (tmp_path / "compared" / "stages.png").is_file()
+
+    # without pairs, nothing applies to the reward model: left out, and said so
+    only_prompts = [EvalRequest(str(m), prompts=str(data / "eval.jsonl"), max_rows=10) for m in models]
+    results = compare_models(only_prompts, str(tmp_path / "again"), None)
+    assert results["rm"]["tasks"] == {} and "not evaluated" in results["rm"]["note"]
+    with pytest.raises(RecipeError, match="--names 'a': give 2 distinct names"):
+        compare_models(only_prompts, str(tmp_path / "again"), "a")

@@ -33,6 +33,17 @@ TASK_INPUT = {"loss": "--dataset", "preference": "--pairs", "exact_match": "--pr
               "judge": "--questions and --judge_url", "judge_pairwise": "--questions, --judge_url and --baseline", "harness": "--harness"}  # fmt: skip
 
 
+# Options that only a task uses, and what runs it: set without it, they would be ignored, so they are refused.
+UNUSED_WITHOUT = {
+    "judge_model": (("judge", "judge_pairwise"), "--questions and --judge_url"),
+    "judge_api_key_env": (("judge", "judge_pairwise"), "--questions and --judge_url"),
+    "num_fewshot": (("harness",), "--harness TASKS"),
+    "max_gen_toks": (("harness",), "--harness TASKS"),
+    "pairs_split": (("preference",), "--pairs"),
+    "prompts_split": (("exact_match",), "--prompts"),
+}
+
+
 @dataclass
 class EvalRequest:
     """What to evaluate: the model folder, the tasks, and each task's held-out data (a source as a recipe
@@ -203,6 +214,11 @@ def check_request(request: EvalRequest) -> dict[str, Any]:
         raise RecipeError(
             f"--baseline is for the judge_pairwise task, which --tasks {','.join(tasks)} leaves out"
         )
+    for option, (owner, needs) in UNUSED_WITHOUT.items():
+        if getattr(request, option) is not None and not set(owner) & set(tasks):
+            raise RecipeError(
+                f"--{option} is for the {owner[0]} task, which this run leaves out: give {needs}"
+            )
     rows: dict[str, Any] = {"kind": kind}
     if {"judge", "judge_pairwise"} & set(tasks):
         rows["judge"] = _check_judge_request(request)
@@ -322,10 +338,11 @@ def for_its_kind(request: EvalRequest) -> tuple[EvalRequest | None, str | None]:
         return request, None
     if not request.pairs:
         return None, "a reward model only ranks --pairs, and none were given: not evaluated"
-    others = request.dataset or request.prompts or request.questions or request.reference
+    others = request.dataset or request.prompts or request.questions or request.reference or request.harness
     note = "a reward model: its score ranks the pairs; the other tasks do not apply" if others else None
-    return replace(request, tasks=["preference"], reference=None, dataset=None, prompts=None, questions=None,
-                   judge_url=None, baseline=None), note  # fmt: skip
+    return EvalRequest(request.model_dir, ["preference"], pairs=request.pairs, dataset_split=request.dataset_split,
+                       pairs_split=request.pairs_split, max_rows=request.max_rows, batch_size=request.batch_size,
+                       card=request.card), note  # fmt: skip
 
 
 def run_eval(request: EvalRequest, rows: dict[str, Any] | None = None) -> dict[str, Any]:
