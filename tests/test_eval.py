@@ -243,6 +243,8 @@ def test_judge_options_are_refused_in_one_line(uniform_model, tmp_path):
          "task judge needs --questions and --judge_url"),
         (EvalRequest(str(uniform_model), questions=str(tmp_path / "none.jsonl"), judge_url=url, judge_model="j"),
          "none.jsonl"),
+        (EvalRequest(str(uniform_model), questions=str(questions), judge_url=url, judge_model="j", judge_max_tokens=0),
+         "--judge_max_tokens is 0; it must be at least 1"),
     ]  # fmt: skip
     for request, message in cases:
         with pytest.raises(RecipeError, match=message):
@@ -284,7 +286,8 @@ def test_harness_options_are_refused_in_one_line(uniform_model, away_from_the_ch
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [("judge_model", "gpt", "--judge_model is for the judge task"), ("num_fewshot", 5, "--num_fewshot is for the harness task"),
-     ("pairs_split", "test", "--pairs_split is for the preference task")],
+     ("pairs_split", "test", "--pairs_split is for the preference task"),
+     ("judge_max_tokens", 64, "--judge_max_tokens is for the judge task")],
 )  # fmt: skip
 def test_an_option_whose_task_does_not_run_is_refused_not_ignored(
     uniform_model, tmp_path, option, value, message

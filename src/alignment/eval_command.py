@@ -37,6 +37,7 @@ TASK_INPUT = {"loss": "--dataset", "preference": "--pairs", "exact_match": "--pr
 UNUSED_WITHOUT = {
     "judge_model": (("judge", "judge_pairwise"), "--questions and --judge_url"),
     "judge_api_key_env": (("judge", "judge_pairwise"), "--questions and --judge_url"),
+    "judge_max_tokens": (("judge", "judge_pairwise"), "--questions and --judge_url"),
     "num_fewshot": (("harness",), "--harness TASKS"),
     "max_gen_toks": (("harness",), "--harness TASKS"),
     "pairs_split": (("preference",), "--pairs"),
@@ -63,6 +64,7 @@ class EvalRequest:
     judge_model: str | None = None
     judge_api_key_env: str | None = None  # the variable holding the judge's key; None: no key is sent
     judge_workers: int = 8
+    judge_max_tokens: int | None = None  # the judge's reply length; None: 1024
     baseline: str | None = None  # judge_pairwise: a model folder, or a JSONL with an `answer` per question
     max_new_tokens: int = 256  # the judged answers' length
     harness: str | None = None  # lm-eval tasks, comma-separated
@@ -111,6 +113,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         help="Environment variable holding the judge's API key (never written).",
     )
     parser.add_argument("--judge_workers", type=int, default=8, help="Judge requests in flight (default 8).")
+    parser.add_argument(
+        "--judge_max_tokens", type=int, help="Longest judge reply, its reasoning and verdict (default 1024)."
+    )
     parser.add_argument(
         "--baseline", help="judge_pairwise: the baseline's answers, a model folder or a JSONL with `answer`."
     )
@@ -281,9 +286,10 @@ def _check_judge_request(request: EvalRequest) -> dict[str, Any]:
         raise RecipeError(
             "--judge_model is required with --judge_url: the name the endpoint serves the judge as"
         )
-    for option in ("judge_workers", "max_new_tokens"):
-        if getattr(request, option) < 1:
-            raise RecipeError(f"--{option} is {getattr(request, option)}; it must be at least 1")
+    for option in ("judge_workers", "max_new_tokens", "judge_max_tokens"):
+        value = getattr(request, option)
+        if value is not None and value < 1:
+            raise RecipeError(f"--{option} is {value}; it must be at least 1")
     try:
         inputs = check_judge(request.questions, request.judge_url, request.judge_model, request.baseline,
                              request.max_rows)  # fmt: skip
@@ -444,7 +450,7 @@ def _judge(request: EvalRequest, inputs: dict[str, Any], model: Any, tokenizer: 
                                      request.batch_size, loaded=loaded)  # fmt: skip
     results["answer_seconds"] = _since(start)
     options = {"url": request.judge_url, "model": request.judge_model, "api_key": inputs["api_key"],
-               "workers": request.judge_workers}  # fmt: skip
+               "workers": request.judge_workers, "max_tokens": request.judge_max_tokens or 1024}  # fmt: skip
     tasks = {}
     if "judge" in (request.tasks or ["judge"]):
         tasks["judge"] = judge.judge_scores(inputs["questions"], answers, **options)
