@@ -84,6 +84,8 @@ def actions(plans) -> list[tuple[str, str, bool]]:
          "stages[1] (eval): overrides: unknown key `promts`; did you mean `prompts`?"),
         ([sft_stage(), {**eval_stage(), "recipe": "x.yaml"}], {}, "stages[1] (eval): unknown key `recipe`"),
         ([sft_stage(), eval_stage(output_dir=None)], {}, "stages[1] (eval): `overrides.output_dir` is required"),
+        ([sft_stage(), eval_stage(), {**eval_stage(output_dir="runs/pipe/eval2"), "name": "again", "models": ["eval"]}],
+         {}, "stages[2] (again): `models`: 'eval' is an eval stage; it writes numbers, not a model"),
         ([sft_stage(), eval_stage(reference="@rm")], {},
          "stages[1] (eval): `overrides.reference`: '@rm' names no earlier stage"),
     ],

@@ -257,7 +257,7 @@ def _resolve_eval_stage(entry: dict[str, Any], earlier: list[PipelineStage], whe
         raise RecipeError(f"{where}: `name` {name!r} is used twice; give each stage its own `name`")
     if not earlier:
         raise RecipeError(f"{where}: an eval stage evaluates earlier stages; it cannot come first")
-    models = entry.get("models", [s.name for s in earlier])
+    models = entry.get("models", [s.name for s in earlier if not s.is_eval])
     by_name = {s.name: s for s in earlier}
     if not isinstance(models, list) or not models:
         raise RecipeError(f"{where}: `models` must be a non-empty list of earlier stage names")
@@ -265,6 +265,10 @@ def _resolve_eval_stage(entry: dict[str, Any], earlier: list[PipelineStage], whe
         if model not in by_name:
             raise RecipeError(
                 f"{where}: `models`: {model!r} is not an earlier stage{_earlier_names(earlier)}"
+            )
+        if by_name[model].is_eval:
+            raise RecipeError(
+                f"{where}: `models`: {model!r} is an eval stage; it writes numbers, not a model"
             )
     overrides = entry.get("overrides") or {}
     if not isinstance(overrides, dict):
