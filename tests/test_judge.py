@@ -280,7 +280,7 @@ def test_check_judge_reads_questions_and_baseline_answers(tmp_path):
     ("lines", "url", "baseline", "message"),
     [
         (None, "http://h/v1", None, r"cannot read .*missing\.jsonl"),
-        (['{"question": "a"}', "{not json"], "http://h/v1", None, r"q\.jsonl line 2: not valid JSON"),
+        (['{"question": "a"}', "{not json"], "http://h/v1", None, r"q\.jsonl:2: not valid JSON"),
         (['{"question": "a"}', "", '{"answer": "b"}'], "http://h/v1", None, r"q\.jsonl line 3: no question"),
         (['{"prompt": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}'],
          "http://h/v1", None, r"line 1: `prompt` must end with a user turn"),

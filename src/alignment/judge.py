@@ -309,23 +309,19 @@ def read_answers(path: str | Path, questions: list[str]) -> list[str]:
 
 
 def _jsonl_rows(path: str | Path) -> list[tuple[int, dict]]:
-    """(line number, row) of each non-blank line; a RecipeError naming the file and line on a bad one."""
+    """(line number, row) of each non-blank line; a RecipeError naming the file and line on a bad one (the
+    data layer's own JSON Lines rule, `parse_json_line`)."""
+    from alignment.data.sources import parse_json_line
+
     try:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as error:
         raise RecipeError(f"cannot read {path}: {error}") from None
-    rows = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise RecipeError(f"{path} line {number}: not valid JSON ({error.msg})") from None
-        if not isinstance(row, dict):
-            raise RecipeError(f"{path} line {number}: a row must be a JSON object")
-        rows.append((number, row))
-    return rows
+    numbered = (
+        (number, parse_json_line(Path(path), number, line))
+        for number, line in enumerate(text.splitlines(), 1)
+    )
+    return [(number, row) for number, row in numbered if row is not None]
 
 
 def check_judge(questions: str, url: str, model: str, baseline: str | None = None,
