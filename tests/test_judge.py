@@ -1,5 +1,5 @@
-"""The LLM judge and the OpenAI-compatible server: verdict parsing, scripted judges whose numbers are known
-by hand, a judge run against the tiny model served locally, the server's replies, and the refusals.
+"""The LLM judge: verdict parsing, scripted judges whose numbers are known by hand, and a judge run
+against the tiny model served locally.
 
 A scripted judge is a real HTTP endpoint defined here that answers each chat with a rule (always "[[A]]":
 pure position bias; "the answer with the marker wins"; "grade = the number in the answer"), so every
@@ -12,8 +12,6 @@ import json
 import re
 import socket
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -310,73 +308,17 @@ def test_check_judge_refusals_name_the_file_and_line(tmp_path, lines, url, basel
         check_judge(str(questions), url, "judge", baseline=baseline)
 
 
-# The server, and a judge run against the tiny model served locally
+# A judge run against the tiny model served locally (the server's own tests: test_serve.py)
 
 
 @pytest.fixture(scope="module")
 def tiny_endpoint(sft_model: Path) -> Iterator[str]:
     """The session's tiny SFT model behind `alignment.serve`, on a free local port; yields the base URL."""
-    from alignment.serve import make_server
+    from alignment.serve import BackgroundServer, build_app, prepare_models
 
-    server = make_server(str(sft_model), model_name="tiny-sft")
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
-
-
-def post(url: str, body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url + "/chat/completions", json.dumps(body).encode(), method="POST")
-    try:
-        with urllib.request.urlopen(request) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
-@pytest.mark.slow
-def test_server_replies_as_generate_answers_does(tiny_endpoint, sft_model):
-    from alignment.evaluation import generate_answers, load_for_eval
-
-    with urllib.request.urlopen(tiny_endpoint + "/models") as response:
-        assert [m["id"] for m in json.loads(response.read())["data"]] == ["tiny-sft"]
-    with urllib.request.urlopen(tiny_endpoint.removesuffix("/v1") + "/health") as response:
-        assert response.status == 200
-
-    model, tokenizer = load_for_eval(sft_model)
-    prompts = [[{"role": "user", "content": text}] for text in ("reverse abcd", "upper xyz", "count ab")]
-    expected = generate_answers(model, tokenizer, prompts, max_new_tokens=12)
-    for prompt, answer in zip(prompts, expected, strict=True):
-        status, reply = post(tiny_endpoint, {"model": "tiny-sft", "messages": prompt, "max_tokens": 12,
-                                             "temperature": 0})  # fmt: skip
-        assert status == 200 and reply["object"] == "chat.completion"
-        assert reply["choices"][0]["message"] == {"role": "assistant", "content": answer}
-        prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=True)
-        usage = reply["usage"]
-        assert usage["prompt_tokens"] == len(prompt_ids["input_ids"])
-        assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
-    # cut at the limit: exactly max_tokens new tokens and finish_reason "length"
-    status, reply = post(tiny_endpoint, {"messages": [{"role": "user", "content": "upper abcdefgh"}],
-                                         "max_completion_tokens": 2, "temperature": 0})  # fmt: skip
-    assert (reply["choices"][0]["finish_reason"], reply["usage"]["completion_tokens"]) == ("length", 2)
-
-
-@pytest.mark.slow
-def test_server_refuses_bad_requests_naming_the_field(tiny_endpoint):
-    user = [{"role": "user", "content": "reverse ab"}]
-    for body, status, param in [
-        ({"model": "tiny-sft"}, 400, "messages"),
-        ({"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages[0].role"),
-        ({"messages": user, "temperature": 3}, 400, "temperature"),
-        ({"messages": user, "max_tokens": 0}, 400, "max_tokens"),
-        ({"messages": user, "n": 2}, 400, "n"),
-        ({"messages": user, "stream": True}, 400, "stream"),
-        ({"messages": user, "model": "gpt-4"}, 404, "model"),
-    ]:
-        code, reply = post(tiny_endpoint, body)
-        assert (code, reply["error"]["param"]) == (status, param), reply
-        assert param.split("[")[0] in reply["error"]["message"]
+    server = BackgroundServer(build_app(prepare_models([str(sft_model)], ["tiny-sft"])))
+    yield server.url
+    server.stop()
 
 
 @pytest.mark.slow

@@ -34,6 +34,20 @@ def load_for_eval(model_dir: str | Path) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def end_of_turn_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The token ids that end a reply: the generation config's `eos_token_id` plus the tokenizer's EOS.
+
+    Our stages save the chat template's end-of-turn token as the tokenizer's EOS; a base model's
+    generation config may name only its document end, and a reply would then run on past its turn. Chat
+    and serve stop on both.
+    """
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [configured] if isinstance(configured, int) else list(configured or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
 def eval_device() -> str:
     """Where held-out scoring runs: the GPU when there is one (every function here moves its inputs to the
     model's device), else the CPU."""

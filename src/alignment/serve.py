@@ -1,23 +1,39 @@
-"""A minimal OpenAI-compatible HTTP server for a saved model folder (the seed of `alignment serve`).
+"""`alignment serve MODEL_DIR`: a trained model folder behind an OpenAI-compatible API.
 
-    python -c "from alignment.serve import serve; serve('runs/tiny/sft', '127.0.0.1', 8000)"
-    curl localhost:8000/v1/chat/completions -d '{"messages": [{"role": "user", "content": "reverse abc"}]}'
+    alignment serve runs/tiny/dpo --port 8000 [--api_key K]
+    python -c "from openai import OpenAI; c = OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='K'); ..."
 
-`POST /v1/chat/completions` (non-streaming, n=1), `GET /v1/models` and `GET /health`, on the standard
-library's threading server: enough for `alignment eval`'s LLM judge and for scripted clients, with no
-extra dependency (`transformers serve` needs `transformers[serving]`). Replies go through the model's
-chat template; requests are answered one at a time (a lock around generation). Prompts longer than the
-model's context are not refused, as transformers does not refuse them: quality degrades past it.
+Two engines, no HTTP server written here:
+- **vLLM** (`vllm serve`) on a node with vLLM installed and a CUDA GPU: the server for real traffic.
+- **transformers serve** otherwise (`transformers[serving]`: FastAPI and uvicorn). Its chat-completion
+  handler does the work: the model's chat template, generation, streaming (SSE), usage counts.
+
+transformers 5.23's `transformers serve` lacks what serving one trained folder needs, and this module
+adds only that, on a FastAPI app of its own around transformers' handler:
+- a name: requests and `/v1/models` use the folder's name (`--name`), not a Hub id; transformers'
+  `/v1/models` lists the Hub cache instead (and fails where there is none);
+- `--api_key`: every route but `/health` then needs `Authorization: Bearer KEY`;
+- refusals in OpenAI's error shape that name the field (`error.param`): transformers logs and ignores
+  fields it does not support (`n`, `logprobs`, `response_format`, ...), which would silently change
+  what the client asked for;
+- replies stop at the chat template's end-of-turn token even where the generation config names only
+  the document end (`evaluation.end_of_turn_ids`);
+- an adapter folder is merged into its base first (`merge.merge_lora`, into a temporary folder).
+Several folders can share one server (the arena does): each is loaded once, never unloaded.
 """
 
-from __future__ import annotations
-
+import atexit
+import hmac
+import importlib.util
 import json
 import logging
+import os
+import shutil
+import subprocess
+import tempfile
 import threading
 import time
-import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,26 +41,78 @@ from alignment.errors import RecipeError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_TOKENS = 256
 ROLES = ("system", "user", "assistant")
-UNSUPPORTED = ("stream", "stop", "tools", "logprobs", "response_format")  # refused when set, not ignored
+# OpenAI fields whose default is harmless to receive; any other value changes the reply and is refused.
+DEFAULTS = {"n": 1, "presence_penalty": 0, "parallel_tool_calls": True, "stream_options": None}
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A model as clients name it, and the folder its weights load from (a merged copy for an adapter)."""
+
+    name: str
+    folder: str
+
+    @property
+    def key(self) -> str:
+        """How transformers' model manager names it (`id@revision`)."""
+        return f"{self.folder}@main"
 
 
 class BadRequest(Exception):
-    """A request the server refuses: its HTTP status, message and the field at fault (OpenAI's `param`)."""
+    """A refused request: its HTTP status, message and the field at fault (OpenAI's `param`)."""
 
     def __init__(self, message: str, param: str | None = None, status: int = 400):
         super().__init__(message)
         self.param, self.status = param, status
 
 
-def parse_request(body: dict, served: str) -> dict[str, Any]:
-    """The generation settings of a chat-completion request, checked field by field (`BadRequest`)."""
+def check_serving_installed() -> None:
+    """transformers' server needs `transformers[serving]`; say so in one line before any model loads."""
+    missing = [name for name in ("fastapi", "uvicorn", "openai") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise RecipeError(f"serving needs {', '.join(missing)}: pip install -e '.[serve]'")
+
+
+def prepare_models(model_dirs: list[str], names: list[str] | None = None) -> list[ServedModel]:
+    """Check each folder (one line naming the bad one) and merge adapters; nothing is loaded yet."""
+    from alignment.eval_command import model_kind
+    from alignment.model import adapter_base
+
+    names = names or list(model_dirs)
+    if len(names) != len(model_dirs):
+        raise RecipeError(f"--names gives {len(names)} names for {len(model_dirs)} models")
+    if len(set(names)) != len(names):
+        raise RecipeError(f"two models share the name {next(n for n in names if names.count(n) > 1)!r}: "
+                          "give each its own with --names")  # fmt: skip
+    for model_dir in model_dirs:
+        if model_kind(model_dir) == "reward":  # also refuses a missing folder or one holding no model
+            raise RecipeError(f"{model_dir} is a reward model: it scores answers and generates none")
+    served = []
+    for model_dir, name in zip(model_dirs, names, strict=True):
+        folder = model_dir
+        if adapter_base(model_dir):
+            from alignment.merge import merge_lora
+
+            folder = tempfile.mkdtemp(prefix="alignment-serve-")
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)
+            merge_lora(model_dir, folder)
+        served.append(ServedModel(name=name, folder=str(Path(folder).resolve())))
+    return served
+
+
+def parse_request(body: Any, models: dict[str, ServedModel]) -> ServedModel:
+    """The model a chat-completion request asks for, after checking each field (`BadRequest` names it).
+
+    With one model served, `model` may be left out (as the judge and curl users do)."""
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
-    if body.get("model") not in (None, served):
-        raise BadRequest(f"model {body['model']!r} is not served here; this server serves {served!r}",
-                         "model", status=404)  # fmt: skip
+    requested = body.get("model")
+    if requested is None and len(models) == 1:
+        requested = next(iter(models))
+    if requested not in models:
+        raise BadRequest(f"model {requested!r} is not served here; this server serves "
+                         f"{', '.join(map(repr, models))}", "model", status=404)  # fmt: skip
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("`messages` is required: a non-empty list of {role, content}", "messages")
@@ -53,150 +121,169 @@ def parse_request(body: dict, served: str) -> dict[str, Any]:
             raise BadRequest(f"messages[{i}].role must be one of {', '.join(ROLES)}", f"messages[{i}].role")
         if not isinstance(message.get("content"), str):
             raise BadRequest(f"messages[{i}].content must be a string", f"messages[{i}].content")
-    for name in UNSUPPORTED:
-        if body.get(name):
+    from transformers.cli.serving.chat_completion import UNUSED_CHAT_COMPLETION_FIELDS
+
+    for name in sorted(UNUSED_CHAT_COMPLETION_FIELDS & body.keys()):
+        if body[name] is not None and body[name] != DEFAULTS.get(name):
             raise BadRequest(f"`{name}` is not supported by this server", name)
-    if body.get("n", 1) != 1:
-        raise BadRequest("only n=1 is supported", "n")
     limit = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    max_tokens = body.get(limit)
-    max_tokens = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
-    temperature, top_p, seed = body.get("temperature", 1.0), body.get("top_p", 1.0), body.get("seed")
     checks = {
-        limit: (_number(max_tokens, int) and max_tokens >= 1, "an integer of at least 1"),
-        "temperature": (_number(temperature) and 0 <= temperature <= 2, "a number from 0 to 2"),
-        "top_p": (_number(top_p) and 0 < top_p <= 1, "a number above 0, at most 1"),
-        "seed": (seed is None or _number(seed, int), "an integer"),
+        limit: (body.get(limit), lambda v: _number(v, int) and v >= 1, "an integer of at least 1"),
+        "temperature": (
+            body.get("temperature"),
+            lambda v: _number(v) and 0 <= v <= 2,
+            "a number from 0 to 2",
+        ),
+        "top_p": (body.get("top_p"), lambda v: _number(v) and 0 < v <= 1, "a number above 0, at most 1"),
+        "seed": (body.get("seed"), lambda v: _number(v, int), "an integer"),
+        "stream": (body.get("stream"), lambda v: isinstance(v, bool), "true or false"),
     }
-    for name, (ok, expected) in checks.items():
-        if not ok:
-            raise BadRequest(f"`{name}` is {body.get(name)!r}; it must be {expected}", name)
-    messages = [{"role": m["role"], "content": m["content"]} for m in messages]
-    return {"messages": messages, "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
-            "seed": seed}  # fmt: skip
+    for name, (value, valid, expected) in checks.items():
+        if value is not None and not valid(value):
+            raise BadRequest(f"`{name}` is {value!r}; it must be {expected}", name)
+    return models[requested]
 
 
 def _number(value: Any, kind: type | tuple = (int, float)) -> bool:
     return isinstance(value, kind) and not isinstance(value, bool)  # JSON true is not the number 1
 
 
-def generate(model: Any, tokenizer: Any, messages: list[dict], max_tokens: int, temperature: float = 0.0,
-             top_p: float = 1.0, seed: int | None = None) -> dict[str, Any]:  # fmt: skip
-    """One reply to a chat, greedy at temperature 0: its text, token counts and why it stopped.
+def build_app(models: list[ServedModel], api_key: str | None = None, device: str = "auto") -> Any:
+    """A FastAPI app serving `models` (loaded now) with transformers' chat-completion handler."""
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from transformers.cli.serving.chat_completion import ChatCompletionHandler
+    from transformers.cli.serving.model_manager import ModelManager
+    from transformers.cli.serving.utils import GenerationState
 
-    The steps of `evaluation.generate_answers` for one prompt (so greedy replies are the same), which
-    returns text only: the server also needs the token counts and the stop reason, and sampling settings.
-    """
+    from alignment.evaluation import end_of_turn_ids
+
+    manager = ModelManager(device=device, model_timeout=-1)  # -1: never unloaded
+    for served in models:
+        model, tokenizer = manager.load_model_and_processor(served.key)
+        stops = end_of_turn_ids(model, tokenizer)
+        if stops != model.generation_config.eos_token_id:
+            logger.info(f"{served.name}: replies stop at token ids {stops} (generation config + end of turn)")
+            model.generation_config.eos_token_id = stops
+    handler = ChatCompletionHandler(model_manager=manager, generation_state=GenerationState())
+    by_name = {m.name: m for m in models}
+    created = int(time.time())
+    app = FastAPI()
+
+    def error(status: int, message: str, param: str | None = None) -> JSONResponse:
+        kind = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error"}
+        body = {"message": message, "type": kind.get(status, "server_error"), "param": param, "code": None}
+        return JSONResponse({"error": body}, status_code=status)
+
+    @app.middleware("http")
+    async def require_key(request: Request, call_next: Any) -> Any:
+        if api_key and request.url.path != "/health":
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                return error(401, "a missing or wrong API key: send `Authorization: Bearer KEY`")
+        return await call_next(request)
+
+    @app.exception_handler(BadRequest)
+    async def refused(_: Request, bad: BadRequest) -> JSONResponse:
+        return error(bad.status, str(bad), bad.param)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return error(exc.status_code, str(exc.detail))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise BadRequest("the request body is not valid JSON") from None
+        served = parse_request(body, by_name)
+        body["model"] = served.folder  # transformers' handler loads (here: finds) models by folder
+        response = await handler.handle_request(
+            body, request.headers.get("x-request-id") or os.urandom(8).hex()
+        )
+        if isinstance(response, StreamingResponse):
+            response.body_iterator = renamed(response.body_iterator, served)
+            return response
+        payload = json.loads(response.body)  # a JSON reply names the model as the client did
+        if "model" in payload:
+            payload["model"] = served.name
+        return JSONResponse(payload, status_code=response.status_code)
+
+    async def renamed(chunks: Any, served: ServedModel) -> Any:
+        """The streamed chunks (`data: {json}` lines) with the model named as the client named it."""
+        folder, name = f'"model":{json.dumps(served.key)}', f'"model":{json.dumps(served.name)}'
+        async for chunk in chunks:
+            yield chunk.replace(folder, name) if isinstance(chunk, str) else chunk
+
+    @app.get("/v1/models")
+    def list_models() -> dict:
+        cards = [
+            {"id": name, "object": "model", "created": created, "owned_by": "alignment"} for name in by_name
+        ]
+        return {"object": "list", "data": cards}
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok"}
+
+    return app
+
+
+class BackgroundServer:
+    """uvicorn serving `app` in a daemon thread (tests, the arena, the chat): `url` ends in `/v1`."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0):
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)  # no signal handlers off main
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RecipeError(f"the server did not start on {host}:{port} (is the port taken?)")
+            time.sleep(0.02)
+        bound = self.server.servers[0].sockets[0].getsockname()
+        self.url = f"http://{bound[0]}:{bound[1]}/v1"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def backend(choice: str = "auto") -> str:
+    """`vllm` where vLLM is installed and a CUDA GPU is present, else `transformers` (`choice` forces one)."""
     import torch
 
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    batch = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
-    if seed is not None:
-        torch.manual_seed(seed)
-    sample = temperature > 0
-    with torch.no_grad():
-        out = model.generate(**batch, max_new_tokens=max_tokens, do_sample=sample,
-                             temperature=temperature if sample else None, top_p=top_p if sample else None,
-                             top_k=None, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-    prompt_tokens = batch["input_ids"].shape[1]
-    new = out[0, prompt_tokens:].tolist()
-    eos = model.generation_config.eos_token_id
-    stopped = bool(new) and new[-1] in {tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])}
-    usage = {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": len(new),
-        "total_tokens": prompt_tokens + len(new),
-    }
-    return {
-        "content": tokenizer.decode(new, skip_special_tokens=True).strip(),
-        "finish_reason": "stop" if stopped or len(new) < max_tokens else "length",
-        "usage": usage,
-    }
+    has_vllm = importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+    if choice == "vllm" and not has_vllm:
+        raise RecipeError("--backend vllm needs vLLM installed and a CUDA GPU (pip install -e '.[vllm]')")
+    if choice not in ("auto", "vllm", "transformers"):
+        raise RecipeError(f"--backend is {choice!r}; choose auto, vllm or transformers")
+    return "vllm" if choice == "vllm" or (choice == "auto" and has_vllm) else "transformers"
 
 
-def make_server(model_dir: str, host: str = "127.0.0.1", port: int = 0,
-                model_name: str | None = None) -> ThreadingHTTPServer:  # fmt: skip
-    """Load the model (an adapter folder is merged) and bind a server to it; port 0 picks a free port
-    (`server.server_address`). Call `serve_forever()` on it, in a thread or not."""
-    from alignment.eval_command import model_kind
-    from alignment.evaluation import load_for_eval
-
-    if model_kind(model_dir) == "reward":  # also: a missing folder, or one with no model, in one line
-        raise RecipeError(f"{model_dir} is a reward model: it scores answers and generates none")
-    model, tokenizer = load_for_eval(model_dir)
-    served = model_name or str(model_dir)
-    lock = threading.Lock()
-    created = int(time.time())
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path.rstrip("/") == "/health":
-                self._reply(200, {"status": "ok"})
-            elif self.path.rstrip("/") == "/v1/models":
-                card = {"id": served, "object": "model", "created": created, "owned_by": "alignment"}
-                self._reply(200, {"object": "list", "data": [card]})
-            else:
-                self._error(BadRequest(f"no route GET {self.path}", status=404))
-
-        def do_POST(self) -> None:
-            if self.path.rstrip("/") != "/v1/chat/completions":
-                return self._error(BadRequest(f"no route POST {self.path}", status=404))
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-                try:
-                    body = json.loads(self.rfile.read(length) or b"null")
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    raise BadRequest("the request body is not valid JSON") from None
-                request = parse_request(body, served)
-            except BadRequest as bad:
-                return self._error(bad)
-            try:
-                with lock:
-                    reply = generate(model, tokenizer, **request)
-            except Exception as error:  # a failed generation still gets an answer, and the server lives on
-                logger.exception("generation failed")
-                return self._error(BadRequest(f"generation failed: {error}", status=500))
-            message = {"role": "assistant", "content": reply["content"]}
-            choice = {
-                "index": 0,
-                "message": message,
-                "finish_reason": reply["finish_reason"],
-                "logprobs": None,
-            }
-            self._reply(200, {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
-                              "created": int(time.time()), "model": served, "choices": [choice],
-                              "usage": reply["usage"]})  # fmt: skip
-
-        def _error(self, bad: BadRequest) -> None:
-            kind = {400: "invalid_request_error", 404: "not_found_error"}.get(bad.status, "server_error")
-            self._reply(
-                bad.status, {"error": {"message": str(bad), "type": kind, "param": bad.param, "code": None}}
-            )
-
-        def _reply(self, status: int, payload: dict) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:  # through logging, not raw stderr
-            logger.debug("%s %s", self.address_string(), format % args)
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    return server
+def vllm_command(served: ServedModel, host: str, port: int) -> list[str]:
+    """`vllm serve` for one model: the same name, address and (through VLLM_API_KEY) key."""
+    return ["vllm", "serve", served.folder, "--served-model-name", served.name, "--host", host, "--port", str(port),
+            "--generation-config", "auto"]  # fmt: skip
 
 
-def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          name: str | None = None, engine: str = "auto") -> None:  # fmt: skip
     """Serve `model_dir` until interrupted (Ctrl-C)."""
-    server = make_server(model_dir, host, port)
-    address, bound = server.server_address[:2]
-    logger.info(f"serving {Path(model_dir)} at http://{address}:{bound}/v1 (Ctrl-C to stop)")
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    engine = backend(engine)
+    if engine == "transformers":
+        check_serving_installed()
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        logger.warning(f"serving on {host} with no --api_key: anyone who can reach this port can use it")
+    served = prepare_models([model_dir], [name] if name else None)[0]
+    if engine == "vllm":
+        env = {**os.environ, **({"VLLM_API_KEY": api_key} if api_key else {})}  # not on the command line
+        raise SystemExit(subprocess.call(vllm_command(served, host, port), env=env))
+    import uvicorn
+
+    app = build_app([served], api_key)
+    logger.info(f"serving {model_dir} as {served.name!r} at http://{host}:{port}/v1 (Ctrl-C to stop)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
