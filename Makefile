@@ -10,7 +10,7 @@ STAMP := $(VENV)/.alignment-installed
 TORCH_VERSION ?= 2.13.0
 EXTRAS ?= dev
 
-.PHONY: install demo test test-fast lint format tiny smoke bench-data clean
+.PHONY: install demo test test-fast lint format tiny smoke bench-data bench-serve clean
 
 install: $(STAMP)
 
@@ -42,6 +42,11 @@ format: install
 # Data-layer throughput on 200k generated conversations; writes benchmarks/results/<device>-<date>-data.json.
 bench-data: install
 	$(PY) benchmarks/data.py
+
+# `alignment serve` on the demo's DPO model (make demo first): latency of one request, time to the first
+# streamed token, tokens/s, beside generate_answers in-process; writes benchmarks/results/<device>-<date>-serve.json.
+bench-serve: install
+	$(PY) benchmarks/serve.py
 
 tiny: install
 	$(PY) -m alignment.cli tiny build

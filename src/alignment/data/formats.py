@@ -30,6 +30,7 @@ from alignment.data.validation import (
     ANSWER_NOT_ASSISTANT,
     ANSWER_NOT_TEXT,
     MALFORMED,
+    NO_PREFERENCE,
     NON_TEXT,
     UNKNOWN_ROLE,
     validate_row,
@@ -56,7 +57,8 @@ FORMATS: dict[str, str] = {
     "alpaca": "`instruction`, `input`, `output` (dpo/rm: `chosen`, `rejected`), `system`, `history`",
     "prompt_completion": "`prompt`, `completion`: each a string or a message list (kto: and `label`)",
     "prompt_only": "`prompt` (a string or a message list) and an optional `answer` (or `solution`)",
-    "preference": "`prompt`, `chosen`, `rejected`: strings, turns or whole conversations (UltraFeedback)",
+    "preference": "`prompt`, `chosen`, `rejected`: strings, turns or whole conversations (UltraFeedback; "
+    "`alignment arena` votes: ties are left out)",
     "hh": "`chosen`, `rejected`: Anthropic HH-RLHF text with Human: and Assistant: markers",
     "kto": "`messages` or `conversations` and a bool `label` (or `kto_tag`); the last turn is the answer",
     "text": "`text`: plain text for continued pretraining",
@@ -107,7 +109,7 @@ READ_COLUMNS: dict[str, set[str]] = {
     "alpaca": {"instruction", "input", "output", "history", "chosen", "rejected", *_CHAT_EXTRAS, *_LABEL},
     "prompt_completion": {"prompt", "completion", *_CHAT_EXTRAS, *_LABEL},
     "prompt_only": {"prompt", *_ANSWER, *_CHAT_EXTRAS},
-    "preference": {"prompt", *_CONVERSATION, "chosen", "rejected", *_CHAT_EXTRAS},
+    "preference": {"prompt", *_CONVERSATION, "chosen", "rejected", "vote", *_CHAT_EXTRAS},
     "hh": {"prompt", "chosen", "rejected", "tools"},
     "text": {"text"},
     "classification": {"text", "label"},
@@ -421,6 +423,8 @@ def _read_prompt_only(row: dict, stage: str, context: _Context) -> dict:
 
 def _read_preference(row: dict, stage: str, context: _Context) -> dict:
     """prompt/chosen/rejected in any of the shapes people publish them in (see FORMATS["preference"])."""
+    if row.get("vote") in ("tie", "both_bad"):  # `alignment arena`'s votes: no side was preferred
+        raise _Invalid(NO_PREFERENCE)
     chosen, rejected = _answer(row["chosen"], context), _answer(row["rejected"], context)
     source = next((c for c in ("prompt", "conversations", "messages") if row.get(c) is not None), None)
     if source is None:

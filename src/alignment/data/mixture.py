@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from alignment.data.report import SourceReport
 from alignment.data.sources import DatasetSource, is_local, read_source
+from alignment.data.validation import NO_PREFERENCE
 from alignment.errors import RecipeError, closest
 
 if TYPE_CHECKING:
@@ -238,12 +239,15 @@ def _convert(
 
 
 def _drop_invalid(rows: Dataset, source: DatasetSource, split: str, report: SourceReport) -> Dataset:
-    """Count invalid rows per reason; stop on them (`on_invalid: error`) or drop them (`drop`)."""
+    """Count invalid rows per reason; stop on them (`on_invalid: error`) or drop them (`drop`).
+
+    An arena tie (NO_PREFERENCE) is not a fault of the file: such rows are always dropped, and counted."""
     reasons = rows.data.column("invalid").to_pylist()
     bad = [i for i, reason in enumerate(reasons) if reason]
     report.invalid = dict(Counter(reasons[i] for i in bad))
-    if bad and source.on_invalid == "error":
-        raise RecipeError(invalid_rows_message(source, split, reasons, str(len(rows))))
+    faults = [reason if reason != NO_PREFERENCE else "" for reason in reasons]
+    if any(faults) and source.on_invalid == "error":
+        raise RecipeError(invalid_rows_message(source, split, faults, str(len(rows))))
     if bad:
         rows = rows.select([i for i, reason in enumerate(reasons) if not reason])
     return rows.remove_columns("invalid")

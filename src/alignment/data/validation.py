@@ -34,11 +34,13 @@ LABEL_NOT_BOOL = "label not boolean"
 EMPTY_TEXT = "empty text"
 MISSING_LABEL = "missing label"
 NON_TEXT = "non-text content"
+NO_PREFERENCE = "no preference (tie or both bad)"
 
 # Stable report keys, in the order the checks run; a row gets the first that applies (for the order of
 # turns: the first turn that breaks a rule).
 INVALID_REASONS: tuple[str, ...] = (
     MALFORMED,  # not readable: a wrong type, null where text is needed, HH text without markers
+    NO_PREFERENCE,  # dpo, rm: an arena vote of tie or both bad (`vote`), kept in the file, never a pair
     NON_TEXT,  # an image, audio or other non-text part in a message
     LABEL_NOT_BOOL,  # kto: the label is not a Python bool (0/1, "True" and None are refused, not guessed)
     UNKNOWN_ROLE,  # a role that is not system, user, assistant or tool
