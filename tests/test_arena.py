@@ -203,7 +203,7 @@ def test_a_person_votes_in_a_real_browser_and_the_row_lands_in_votes_jsonl(sft_m
             driver.save_screenshot(os.environ["ARENA_SCREENSHOT"])
         driver.find_element(By.ID, "vote_a").click()
         wait.until(lambda d: "Recorded" in d.find_element(By.ID, "status").text)
-        assert "1 votes" in driver.find_element(By.ID, "status").text
+        assert "1 vote in" in driver.find_element(By.ID, "status").text
     finally:
         if driver is not None:
             driver.quit()

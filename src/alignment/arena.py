@@ -145,8 +145,9 @@ def build_page(arena: Arena) -> Any:
                     row = arena.record(current, vote)
                 except RecipeError as error:
                     return current, f"**{error}**"
-                return None, (f"Recorded: {VOTES[vote].lower()}. A was **{row['model_a']}**, B was "
-                              f"**{row['model_b']}**. {arena.count()} votes in {arena.output}.")  # fmt: skip
+                count = arena.count()
+                return None, (f"Recorded: {VOTES[vote]}. A was **{row['model_a']}**, B was **{row['model_b']}**. "
+                              f"{count} vote{'s' if count != 1 else ''} in {arena.output}.")  # fmt: skip
 
             button.click(on_vote, inputs=pending, outputs=[pending, status])
     return page
