@@ -12,7 +12,10 @@
     alignment rerun OUTPUT_DIR/run_manifest.json [--key value ...]   # repeat a run, its recipe as recorded
     alignment run PIPELINE.yaml [--from STAGE | --only STAGE] [--dry_run]   # stages in order, one process each
     alignment eval MODEL_DIR [--prompts F] [--pairs F] [--questions F --judge_url URL ...]   # held-out scores
-    alignment serve MODEL_DIR [--port 8000]      # an OpenAI-compatible endpoint (/v1/chat/completions)
+    alignment chat MODEL_DIR [--system_prompt TEXT]   # multi-turn chat in the terminal, streamed
+    alignment arena MODEL_A MODEL_B [...] --output votes.jsonl   # people vote on two anonymous answers
+    alignment arena --leaderboard votes.jsonl    # win rates and Elo ratings
+    alignment serve MODEL_DIR [--port 8000] [--api_key K]   # an OpenAI-compatible API (vLLM or transformers)
 
 `alignment sft R --accelerate_config F` is `accelerate launch --config_file F scripts/run_sft.py R`.
 Every subcommand has `--help`; recipe keys pass through as `--key value`.
@@ -138,16 +141,51 @@ def build_parser() -> argparse.ArgumentParser:
     from alignment.eval_command import add_eval_arguments
 
     add_eval_arguments(evaluate)
+    chatting = sub.add_parser(
+        "chat",
+        help="Chat with a model folder in the terminal: streamed replies, tokens per second, /reset, /exit.",
+        description="Multi-turn chat in the terminal through the model's own chat template; an adapter "
+        "folder is merged into its base. Commands: /reset starts over (the system prompt stays), /exit or "
+        "Ctrl-D quits.",
+        allow_abbrev=False,
+    )
+    from alignment.chat import add_chat_arguments
+
+    add_chat_arguments(chatting)
+    arena = sub.add_parser(
+        "arena",
+        help="Compare models side by side in the browser and vote: votes.jsonl is preference data "
+        "(--leaderboard: win rates and Elo).",
+        description="A local Gradio page: a prompt, two anonymous answers from two of the models, a vote "
+        "(A, B, tie, both bad), then the reveal. Each vote is appended to --output in the canonical "
+        "prompt/chosen/rejected shape, usable as a dpo or rm source (ties are counted and left out).",
+        allow_abbrev=False,
+    )
+    from alignment.arena import add_arena_arguments
+
+    add_arena_arguments(arena)
     served = sub.add_parser(
         "serve",
-        help="Serve a model folder as an OpenAI-compatible endpoint: /v1/chat/completions, /v1/models.",
-        description="Plain transformers generation, one request at a time: for a local judge, tests and "
-        "trying a model; vLLM (`vllm serve MODEL_DIR`) is the server for real traffic.",
+        help="Serve a model folder as an OpenAI-compatible API: /v1/chat/completions (streaming or not), "
+        "/v1/models.",
+        description="vLLM's OpenAI server where vLLM is installed and a CUDA GPU is present, else transformers' "
+        "(`transformers[serving]`: pip install -e '.[serve]'). The model's own chat template and end-of-turn "
+        "token; an adapter folder is merged into its base first.",
         allow_abbrev=False,
     )
     served.add_argument("model_dir", help="A model folder (an adapter is merged into its base).")
-    served.add_argument("--host", default="127.0.0.1", help="Address to listen on (default 127.0.0.1).")
+    served.add_argument(
+        "--host", default="127.0.0.1", help="Address to listen on (default 127.0.0.1: this machine only)."
+    )
     served.add_argument("--port", type=int, default=8000, help="Port (default 8000).")
+    served.add_argument(
+        "--api_key", help="Require `Authorization: Bearer KEY` on every request (but /health)."
+    )
+    served.add_argument(
+        "--name", help="The model's name in requests and /v1/models (default: MODEL_DIR as given)."
+    )
+    served.add_argument("--backend", default="auto", choices=("auto", "vllm", "transformers"),
+                        help="auto (default): vllm with vLLM and a CUDA GPU, else transformers.")  # fmt: skip
     rerun = sub.add_parser(
         "rerun",
         help="Repeat a run from its run_manifest.json: the recorded recipe, overrides and launch.",
@@ -261,13 +299,21 @@ def main(argv: list[str] | None = None) -> None:
         from alignment.eval_command import run_eval_command
 
         run_eval_command(options)
+    elif options.command == "chat":
+        from alignment.chat import run_chat_command
+
+        run_chat_command(options)
+    elif options.command == "arena":
+        from alignment.arena import run_arena
+
+        run_arena(options)
     elif options.command == "serve":
         import logging
 
         from alignment.serve import serve
 
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-        serve(options.model_dir, options.host, options.port)
+        serve(options.model_dir, options.host, options.port, options.api_key, options.name, options.backend)
     elif options.command == "rerun":
         from alignment.manifest import rerun
 

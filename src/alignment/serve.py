@@ -161,8 +161,8 @@ def build_app(models: list[ServedModel], api_key: str | None = None, device: str
     manager = ModelManager(device=device, model_timeout=-1)  # -1: never unloaded
     for served in models:
         model, tokenizer = manager.load_model_and_processor(served.key)
-        stops = end_of_turn_ids(model, tokenizer)
-        if stops != model.generation_config.eos_token_id:
+        stops, configured = end_of_turn_ids(model, tokenizer), model.generation_config.eos_token_id
+        if set(stops) != set([configured] if isinstance(configured, int) else configured or []):
             logger.info(f"{served.name}: replies stop at token ids {stops} (generation config + end of turn)")
             model.generation_config.eos_token_id = stops
     handler = ChatCompletionHandler(model_manager=manager, generation_state=GenerationState())
