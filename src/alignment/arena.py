@@ -203,6 +203,10 @@ def run_arena(options: Any) -> None:
         return
     if not options.output:
         raise RecipeError("--output votes.jsonl is required: the file each vote is appended to")
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        raise RecipeError("the arena's page needs Gradio: pip install -e '.[arena]'")
     output = Path(options.output)
     if output.is_dir() or not output.parent.is_dir():
         raise RecipeError(f"--output {output}: give a file in an existing folder")
