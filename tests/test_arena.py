@@ -174,7 +174,10 @@ def test_a_person_votes_in_a_real_browser_and_the_row_lands_in_votes_jsonl(sft_m
     page = f"http://127.0.0.1:{port}/"
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM or "chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
+    # no background connections: on a closed network Chromium's calls home are refused, many at a time
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900", "--disable-gpu",
+                 "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", f"--user-data-dir={tmp_path / 'chromium'}"):  # fmt: skip
         options.add_argument(flag)
     driver = None
     try:
