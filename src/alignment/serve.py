@@ -53,11 +53,6 @@ class ServedModel:
     name: str
     folder: str
 
-    @property
-    def key(self) -> str:
-        """How transformers' model manager names it (`id@revision`)."""
-        return f"{self.folder}@main"
-
 
 class BadRequest(Exception):
     """A refused request: its HTTP status, message and the field at fault (OpenAI's `param`)."""
@@ -160,7 +155,8 @@ def build_app(models: list[ServedModel], api_key: str | None = None, device: str
 
     manager = ModelManager(device=device, model_timeout=-1)  # -1: never unloaded
     for served in models:
-        model, tokenizer = manager.load_model_and_processor(served.key)
+        # under the name the handler will look it up by (5.23: `PATH@main`; 5.24: `PATH`), so it is found
+        model, tokenizer = manager.load_model_and_processor(manager.process_model_name(served.folder))
         stops, configured = end_of_turn_ids(model, tokenizer), model.generation_config.eos_token_id
         if set(stops) != set([configured] if isinstance(configured, int) else configured or []):
             logger.info(f"{served.name}: replies stop at token ids {stops} (generation config + end of turn)")
@@ -211,10 +207,14 @@ def build_app(models: list[ServedModel], api_key: str | None = None, device: str
         return JSONResponse(payload, status_code=response.status_code)
 
     async def renamed(chunks: Any, served: ServedModel) -> Any:
-        """The streamed chunks (`data: {json}` lines) with the model named as the client named it."""
-        folder, name = f'"model":{json.dumps(served.key)}', f'"model":{json.dumps(served.name)}'
+        """The streamed chunks (`data: {json}` events) with the model named as the client named it."""
         async for chunk in chunks:
-            yield chunk.replace(folder, name) if isinstance(chunk, str) else chunk
+            if isinstance(chunk, str) and chunk.startswith("data: {"):
+                event = json.loads(chunk[len("data: ") :])
+                if "model" in event:
+                    event["model"] = served.name
+                    chunk = f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
+            yield chunk
 
     @app.get("/v1/models")
     def list_models() -> dict:
