@@ -17,7 +17,15 @@ from pathlib import Path
 import pytest
 
 from alignment.errors import RecipeError
-from alignment.serve import BadRequest, ServedModel, backend, parse_request, prepare_models, vllm_command
+from alignment.serve import (
+    BadRequest,
+    ServedModel,
+    backend,
+    parse_request,
+    prepare_models,
+    rename_events,
+    vllm_command,
+)
 
 KEY = "test-key-not-secret"
 PROMPTS = ("reverse abcd", "upper xyz", "count ab")
@@ -192,6 +200,17 @@ def test_requests_are_checked_before_generation():
         parse_request({"model": "a", "messages": user, "top_p": 0}, models)
     with pytest.raises(BadRequest, match="`seed` is True; it must be an integer"):
         parse_request({"model": "a", "messages": user, "seed": True}, models)
+
+
+def test_streamed_events_are_renamed_one_by_one_even_several_to_a_chunk():
+    one = {"id": "1", "model": "/tmp/m", "choices": [{"delta": {"content": "a\n\nb"}}]}
+    two = {"id": "1", "model": "/tmp/m", "choices": [{"delta": {"content": "c"}}]}
+    chunk = f"data: {json.dumps(one)}\n\ndata: {json.dumps(two)}\n\n"
+    renamed = rename_events(chunk, "tiny")
+    events = [json.loads(e.removeprefix("data: ")) for e in renamed.split("\n\n") if e]
+    assert events == [one | {"model": "tiny"}, two | {"model": "tiny"}] and renamed.endswith("\n\n")
+    assert rename_events("data: [DONE]\n\n", "tiny") == "data: [DONE]\n\n"
+    assert rename_events('data: {"error": "boom"}\n\n', "tiny") == 'data: {"error": "boom"}\n\n'
 
 
 def test_folders_are_checked_before_anything_loads(tmp_path):

@@ -207,14 +207,8 @@ def build_app(models: list[ServedModel], api_key: str | None = None, device: str
         return JSONResponse(payload, status_code=response.status_code)
 
     async def renamed(chunks: Any, served: ServedModel) -> Any:
-        """The streamed chunks (`data: {json}` events) with the model named as the client named it."""
         async for chunk in chunks:
-            if isinstance(chunk, str) and chunk.startswith("data: {"):
-                event = json.loads(chunk[len("data: ") :])
-                if "model" in event:
-                    event["model"] = served.name
-                    chunk = f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
-            yield chunk
+            yield rename_events(chunk, served.name) if isinstance(chunk, str) else chunk
 
     @app.get("/v1/models")
     def list_models() -> dict:
@@ -228,6 +222,23 @@ def build_app(models: list[ServedModel], api_key: str | None = None, device: str
         return {"status": "ok"}
 
     return app
+
+
+def rename_events(chunk: str, name: str) -> str:
+    """Server-sent events (`data: {json}`, blank-line separated) with each one's `model` set to `name`.
+
+    A chunk may hold several events: transformers 5.24 joins the tokens that queued up while the client
+    was slow into one write. JSON escapes newlines inside strings, so a blank line only ever ends an event.
+    """
+    events = []
+    for event in chunk.split("\n\n"):
+        if event.startswith("data: {"):
+            payload = json.loads(event[len("data: ") :])
+            if "model" in payload:
+                payload["model"] = name
+                event = f"data: {json.dumps(payload, ensure_ascii=False)}"
+        events.append(event)
+    return "\n\n".join(events)
 
 
 class BackgroundServer:
