@@ -30,10 +30,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from alignment.data.validation import NO_PREFERENCE_VOTES  # recorded, never made into a pair
 from alignment.errors import RecipeError
 
 VOTES = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both are bad"}
-NO_PREFERENCE_VOTES = ("tie", "both_bad")  # recorded, never made into a pair
 ELO_K, ELO_BASE = 32.0, 1000.0
 
 
@@ -158,18 +158,23 @@ def contenders_for(
 ) -> tuple[list[Contender], Any]:
     """Each model as a contender: URLs as they are, folders behind one local server started here (returned,
     to be stopped). Every folder is checked, and names must differ, before anything loads."""
-    from alignment.serve import BackgroundServer, build_app, check_serving_installed, prepare_models
+    from alignment.serve import (
+        BackgroundServer,
+        build_app,
+        check_names,
+        check_serving_installed,
+        prepare_models,
+    )
 
     if len(models) < 2:
         raise RecipeError("the arena needs at least two models to compare")
-    names = names or [None] * len(models)
-    if len(names) != len(models):
-        raise RecipeError(f"--names gives {len(names)} names for {len(models)} models")
+    if names:
+        check_names(names, len(models))
     urls = {i: m for i, m in enumerate(models) if m.startswith(("http://", "https://"))}
-    resolved = [names[i] or (served_name(m, api_key) if i in urls else m) for i, m in enumerate(models)]
-    if len(set(resolved)) != len(resolved):
-        raise RecipeError(f"two models share the name {next(n for n in resolved if resolved.count(n) > 1)!r}: "
-                          "give each its own with --names")  # fmt: skip
+    resolved = [
+        names[i] if names else served_name(m, api_key) if i in urls else m for i, m in enumerate(models)
+    ]
+    check_names(resolved, len(models))  # a URL's name comes from its server
     folders = [i for i in range(len(models)) if i not in urls]
     server = None
     contenders = {i: Contender(resolved[i], urls[i].rstrip("/"), api_key) for i in urls}

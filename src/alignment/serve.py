@@ -69,17 +69,22 @@ def check_serving_installed() -> None:
         raise RecipeError(f"serving needs {', '.join(missing)}: pip install -e '.[serve]'")
 
 
+def check_names(names: list[str], count: int) -> None:
+    """One name per model and no two alike: requests (and the arena's vote file) tell models apart by name."""
+    if len(names) != count:
+        raise RecipeError(f"--names gives {len(names)} names for {count} models")
+    if len(set(names)) != len(names):
+        raise RecipeError(f"two models share the name {next(n for n in names if names.count(n) > 1)!r}: "
+                          "give each its own with --names")  # fmt: skip
+
+
 def prepare_models(model_dirs: list[str], names: list[str] | None = None) -> list[ServedModel]:
     """Check each folder (one line naming the bad one) and merge adapters; nothing is loaded yet."""
     from alignment.eval_command import model_kind
     from alignment.model import adapter_base
 
     names = names or list(model_dirs)
-    if len(names) != len(model_dirs):
-        raise RecipeError(f"--names gives {len(names)} names for {len(model_dirs)} models")
-    if len(set(names)) != len(names):
-        raise RecipeError(f"two models share the name {next(n for n in names if names.count(n) > 1)!r}: "
-                          "give each its own with --names")  # fmt: skip
+    check_names(names, len(model_dirs))
     for model_dir in model_dirs:
         if model_kind(model_dir) == "reward":  # also refuses a missing folder or one holding no model
             raise RecipeError(f"{model_dir} is a reward model: it scores answers and generates none")

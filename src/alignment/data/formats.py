@@ -31,6 +31,7 @@ from alignment.data.validation import (
     ANSWER_NOT_TEXT,
     MALFORMED,
     NO_PREFERENCE,
+    NO_PREFERENCE_VOTES,
     NON_TEXT,
     UNKNOWN_ROLE,
     validate_row,
@@ -423,7 +424,7 @@ def _read_prompt_only(row: dict, stage: str, context: _Context) -> dict:
 
 def _read_preference(row: dict, stage: str, context: _Context) -> dict:
     """prompt/chosen/rejected in any of the shapes people publish them in (see FORMATS["preference"])."""
-    if row.get("vote") in ("tie", "both_bad"):  # `alignment arena`'s votes: no side was preferred
+    if row.get("vote") in NO_PREFERENCE_VOTES:  # `alignment arena`'s votes: no side was preferred
         raise _Invalid(NO_PREFERENCE)
     chosen, rejected = _answer(row["chosen"], context), _answer(row["rejected"], context)
     source = next((c for c in ("prompt", "conversations", "messages") if row.get(c) is not None), None)

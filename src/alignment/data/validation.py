@@ -35,6 +35,7 @@ EMPTY_TEXT = "empty text"
 MISSING_LABEL = "missing label"
 NON_TEXT = "non-text content"
 NO_PREFERENCE = "no preference (tie or both bad)"
+NO_PREFERENCE_VOTES = ("tie", "both_bad")  # `alignment arena`'s `vote` values that prefer neither answer
 
 # Stable report keys, in the order the checks run; a row gets the first that applies (for the order of
 # turns: the first turn that breaks a rule).
