@@ -52,13 +52,20 @@ def default_target(recipe: Recipe, processes: int | None = None) -> LaunchTarget
     return LaunchTarget(processes=world, distributed="ddp" if world > 1 else "single process")
 
 
-def plan(recipe: Recipe, processes: int | None = None, target: LaunchTarget | None = None) -> dict[str, Any]:
+def plan(
+    recipe: Recipe,
+    processes: int | None = None,
+    target: LaunchTarget | None = None,
+    memory: bool = False,
+    gpu_memory: float | None = None,
+) -> dict[str, Any]:
     """The dry-run summary on `target` (default: `processes`, else the launcher's world size).
 
     Before it is built, everything that needs no weights is checked: local model folders
     (`probe_model_folders`) and the first rows of every local data split (data/probe.py). A fault
     raises the run's own RecipeError; what was not checked (Hub datasets, a folder an earlier stage
-    will write) is a note.
+    will write) is a note. With `memory`, it estimates the peak GPU memory per process from the model's
+    config.json (memory.py) and, given `gpu_memory` GiB, whether that fits.
     """
     from alignment.data.probe import probe_mixture
 
@@ -68,7 +75,7 @@ def plan(recipe: Recipe, processes: int | None = None, target: LaunchTarget | No
     world = target.processes
     if stage(recipe.stage).rewards:
         probed += check_online_rl(t, world, recipe.given, recipe.path or "command line")
-    return {
+    summary = {
         "stage": recipe.stage,
         "recipe": recipe.path,
         "model": recipe.model.model_name_or_path,
@@ -103,6 +110,11 @@ def plan(recipe: Recipe, processes: int | None = None, target: LaunchTarget | No
         "on_this_machine": recipe.device_notes,
         "resolved": resolved_values(recipe),
     }
+    if memory:
+        from alignment.memory import recipe_memory
+
+        summary["memory"] = recipe_memory(recipe, target, gpu_memory)
+    return summary
 
 
 MODEL_FILES = ("config.json", "adapter_config.json")  # a full model, or a PEFT adapter over its base
@@ -177,10 +189,14 @@ def check_folder(folder: str, overrides: list[str] | None = None) -> list[str]:
 
 
 def print_plan(
-    recipe: Recipe, processes: int | None = None, target: LaunchTarget | None = None
+    recipe: Recipe,
+    processes: int | None = None,
+    target: LaunchTarget | None = None,
+    gpu_memory: float | None = None,
 ) -> dict[str, Any]:
-    """Print the dry-run plan as YAML (readable, and parseable by tests and tools), once per launch."""
-    summary = plan(recipe, processes, target)
+    """Print the dry-run plan as YAML (readable, and parseable by tests and tools), once per launch, with its
+    memory estimate (and, given `gpu_memory` GiB, whether it fits)."""
+    summary = plan(recipe, processes, target, memory=True, gpu_memory=gpu_memory)
     if int(os.environ.get("RANK", "0")) == 0:
         from alignment.secrets import redact
 

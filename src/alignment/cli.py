@@ -2,7 +2,7 @@
 
     alignment sft RECIPE [--num_processes N] [--accelerate_config FILE] [--key value ...]
     alignment dpo RECIPE [--num_processes N] [--accelerate_config FILE] [--key value ...]
-    alignment check RECIPE [--stage S] [--num_processes N] [--accelerate_config FILE] [--key value ...]
+    alignment check RECIPE [--stage S] [--num_processes N] [--accelerate_config FILE] [--gpu_memory GIB] [--key value ...]
     alignment check FOLDER                       # every recipe under it, one line each
     alignment check RECIPE --smoke               # a few real steps on CPU: tiny model, first rows
     alignment data RECIPE [--stage S] --output_dir DIR [--key value ...]   # the rows it would train on
@@ -84,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_launch_options(check)
     check.add_argument("--stage", choices=STAGES, help="The stage, if the recipe's folder does not say it.")
+    from alignment.memory import gpu_memory_gib
+
+    check.add_argument(
+        "--gpu_memory",
+        type=gpu_memory_gib,
+        metavar="GIB",
+        help="Memory of one GPU in GiB (e.g. 80): say whether the estimated peak per GPU fits, and if not, the "
+        "nearest changes that would (each re-estimated). Without it the plan shows the estimate only.",
+    )
     check.add_argument(
         "--smoke",
         action="store_true",
@@ -245,7 +254,7 @@ def run_check(options: argparse.Namespace, overrides: list[str]) -> None:
         target = checked_target(
             recipe.precision, recipe.path, options.accelerate_config, options.num_processes
         )
-    print_plan(recipe, options.num_processes, target)
+    print_plan(recipe, options.num_processes, target, options.gpu_memory)
 
 
 def run_training(options: argparse.Namespace, overrides: list[str]) -> int:
