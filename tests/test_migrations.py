@@ -69,7 +69,9 @@ def test_default_checkpointing_raises_no_future_warning(tmp_path):
         warnings.simplefilter("always")
         recipe = parse_recipe("sft", [write(tmp_path)])
     assert not [w for w in caught if issubclass(w.category, FutureWarning)]
-    assert recipe.training.activation_checkpointing is True  # TRL's default: on
+    # TRL's default (on) moved to the new name; on a CPU the fast default then turns it off, and says so
+    assert recipe.training.activation_checkpointing is False
+    assert any("fast default: activation_checkpointing: False" in n for n in recipe.device_notes)
 
 
 def test_legacy_values_on_the_command_line(tmp_path):

@@ -175,7 +175,7 @@ def test_check_folder_reports_every_recipe_in_one_line(tmp_path, capsys):
     """`alignment check FOLDER`: how a whole collection (ours, the Handbook's) is checked against this stack."""
     from alignment.check import check_folder
 
-    good = yaml.safe_load(ZEPHYR_SFT_FULL.read_text())
+    good = {**yaml.safe_load(ZEPHYR_SFT_FULL.read_text()), "packing": False}
     for stage, keys in (("sft", good), ("dpo", good)):  # SFT keys such as `packing` are not DPO keys
         (tmp_path / "model" / stage).mkdir(parents=True)
         (tmp_path / "model" / stage / "config.yaml").write_text(yaml.safe_dump(keys))

@@ -26,6 +26,7 @@ def build_trainer(recipe: Recipe, tokenizer: Any, datasets: Any) -> Any:
     from alignment.callbacks import stage_callbacks
     from alignment.generation_eval import generation_eval_callback
     from alignment.model import load_model, load_reference_model, peft_config_for
+    from alignment.speed import with_pair_length_grouping
 
     spec = stage(recipe.stage)
     extra: dict[str, Any] = {}
@@ -38,7 +39,7 @@ def build_trainer(recipe: Recipe, tokenizer: Any, datasets: Any) -> Any:
     model = load_model(recipe, tokenizer, head=spec.head)
     if spec.reference:
         extra["ref_model"] = load_reference_model(recipe, tokenizer)
-    trainer_class = trl_attribute(spec.trainer)
+    trainer_class = with_pair_length_grouping(trl_attribute(spec.trainer))
     if spec.trainer.startswith("experimental."):  # ORPO, CPO
         datasets = render_pairs(datasets, tokenizer)
     trainer = trainer_class(

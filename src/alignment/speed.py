@@ -1,0 +1,110 @@
+"""Fast defaults per hardware, chosen at launch for the keys a recipe leaves unset.
+
+TRL's and transformers' defaults are written for a GPU, and some of its fast paths are slower elsewhere:
+on a 2-core CPU padding-free batches ran at ~0.7x and packing at ~0.25x the padded default
+(../shared/STACK_NOTES.md), while bf16 autocast, length-grouped batches and no activation checkpointing
+won (benchmarks/train.py, `make bench`, results in benchmarks/results/). So the choice is made here, from
+what this machine has, and only for keys the recipe and the command line did not set: a value the user
+wrote is never changed. Each choice is one note in the run's log, the plan of `alignment check` and the
+model card.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alignment.stages import data_stage
+
+
+def cpu_bf16_is_fast() -> bool:
+    """Whether this CPU multiplies bf16 natively (AMX or AVX512-BF16): only then is bf16 autocast faster.
+
+    Without those instructions bf16 is emulated and slower than fp32, so a bf16 recipe falls back to
+    fp32 there. torch exposes the check only as private helpers; a torch without them reads as no.
+    """
+    import torch
+
+    checks = [
+        getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    ]
+    return any(check is not None and check() for check in checks)
+
+
+def _liger_installed() -> bool:
+    from transformers.utils import is_liger_kernel_available
+
+    return is_liger_kernel_available()
+
+
+def apply_fast_defaults(
+    values: dict[str, Any], stage: str, explicit: set[str], accelerator: bool | None = None
+) -> list[str]:
+    """Set the fastest correct value of each unset speed key for `stage` on this hardware; one note each.
+
+    `values` are the TRL config's keyword arguments (changed in place), `explicit` the keys the recipe or
+    the command line set. Everywhere: length-grouped batches for SFT without packing and for DPO (less
+    padding; TRL 1.16's DPO has no padding-free mode). On a GPU: bfd packing for SFT when flash-attn
+    runs (no padding computed at all), and Liger's kernels when installed; activation checkpointing
+    stays as TRL has it (memory is what a GPU is short of). On a CPU: no activation checkpointing
+    (recomputation costs 10-20% there and host memory is rarely the limit). bf16 on a CPU is decided
+    with the other precision fallbacks (`recipe.device_fallbacks`).
+    """
+    from alignment.hardware import flash_attention_usable, has_accelerator
+
+    accelerator = has_accelerator() if accelerator is None else accelerator
+    sft = data_stage(stage) == "sft"
+    notes: list[str] = []
+
+    def choose(key: str, value: Any, why: str) -> None:
+        if key in explicit or values.get(key) == value:
+            return
+        values[key] = value
+        notes.append(f"fast default: {key}: {value} ({why})")
+
+    if accelerator:
+        attention = str(values.get("attn_implementation") or "")
+        flash = attention.startswith("flash_attention") and flash_attention_usable(attention)
+        if sft and flash and not values.get("padding_free"):
+            choose("packing", True, "bfd packing with flash-attn: no padding computed, sequences kept apart")
+        if _liger_installed():
+            choose("use_liger_kernel", True, "Liger kernels are installed: fused norms, MLP and LM-head loss")
+    else:
+        choose(
+            "activation_checkpointing",
+            False,
+            "recomputing activations costs 10-20% on a CPU; RAM is not short",
+        )
+    if (sft and not values.get("packing") and not values.get("padding_free")) or stage == "dpo":
+        choose("train_sampling_strategy", "group_by_length", "batches of similar lengths carry less padding")
+    return notes
+
+
+def with_pair_length_grouping(trainer_class: type) -> type:
+    """`trainer_class` whose `group_by_length` also groups DPO's tokenised pairs.
+
+    Gap filled: transformers' LengthGroupedSampler reads a row's length from `input_ids` (or a `length`
+    column, which the Trainer removes before the sampler sees it), and TRL's DPOTrainer tokenises a pair
+    into `prompt_ids`, `chosen_ids` and `rejected_ids`, so `group_by_length` fails on it. A pair's
+    length here is what the collator pads it to: the prompt plus the longer answer. Other datasets
+    and samplers go to the parent unchanged.
+    """
+
+    class LengthGroupedPairs(trainer_class):
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            dataset = self.train_dataset if train_dataset is None else train_dataset
+            columns = getattr(dataset, "column_names", None) or []
+            if self.args.train_sampling_strategy != "group_by_length" or "chosen_ids" not in columns:
+                return super()._get_train_sampler(train_dataset)
+            from transformers.trainer_pt_utils import LengthGroupedSampler
+
+            lengths = [
+                len(prompt) + max(len(chosen), len(rejected))
+                for prompt, chosen, rejected in zip(
+                    dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"], strict=True
+                )
+            ]
+            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return LengthGroupedSampler(batch, lengths=lengths)
+
+    LengthGroupedPairs.__name__ = LengthGroupedPairs.__qualname__ = trainer_class.__name__
+    return LengthGroupedPairs
