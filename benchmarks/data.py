@@ -111,6 +111,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--num_proc", type=int, nargs="+", default=[1, 2])
+    parser.add_argument(
+        "--output", help="results file (default benchmarks/results/<device>-<date>-data.json)"
+    )
     args = parser.parse_args()
 
     from datasets.utils.logging import disable_progress_bar
@@ -132,7 +135,7 @@ def main() -> None:
         "cases": cases,
     }
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"{result['device']}-{result['date']}-data.json"
+    out = Path(args.output) if args.output else RESULTS / f"{result['device']}-{result['date']}-data.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     head = ("num_proc", "mix_rows_per_s", "tokenise_rows_per_s", "total_rows_per_s", "peak_rss_mib")
     print("  ".join(head))
