@@ -1,4 +1,4 @@
-"""The memory estimate (src/alignment/memory.py) against published peak GPU memory of real runs.
+"""The memory estimate (src/alignment/memory/) against published peak GPU memory of real runs.
 
     python benchmarks/memory_published.py
 

@@ -65,7 +65,7 @@ def plan(
     (`probe_model_folders`) and the first rows of every local data split (data/probe.py). A fault
     raises the run's own RecipeError; what was not checked (Hub datasets, a folder an earlier stage
     will write) is a note. With `memory`, it estimates the peak GPU memory per process from the model's
-    config.json (memory.py) and, given `gpu_memory` GiB, whether that fits.
+    config.json (alignment/memory/) and, given `gpu_memory` GiB, whether that fits.
     """
     from alignment.data.probe import probe_mixture
 

@@ -17,7 +17,7 @@ from alignment.errors import RecipeError
 
 @dataclass(frozen=True)
 class LaunchTarget:
-    """A launch: processes and machines, precision, and how the training state is sharded (memory.py reads these)."""
+    """A launch: processes and machines, precision, and how the training state is sharded (alignment/memory/ reads these)."""
 
     processes: int
     machines: int = 1
