@@ -126,49 +126,41 @@ def tiny_rows(stage: str, count: int) -> list[dict]:
         return [json.loads(line) for line in itertools.islice(f, count)]
 
 
-def build_model(name: str, folder: Path):
-    """A model folder with the tiny tokenizer: the tiny model itself, or a ~30M Llama from a config."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+# Models built from a config (random weights, no download): (model_type, dimensions, max_length).
+MODELS: dict[str, tuple[str, dict[str, Any], int]] = {
+    "llama-30m": (
+        "llama",
+        {"vocab_size": 16384, "hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 6,
+         "num_attention_heads": 8, "num_key_value_heads": 8, "max_position_embeddings": 1024,
+         "tie_word_embeddings": False, "bos_token_id": None},
+        512,
+    ),
+    "qwen2-0.5b": (  # Qwen2.5-0.5B's shape (494M parameters)
+        "qwen2",
+        {"vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+         "num_attention_heads": 14, "num_key_value_heads": 2, "max_position_embeddings": 4096,
+         "tie_word_embeddings": True},
+        2048,
+    ),
+}  # fmt: skip
 
-    tokenizer = AutoTokenizer.from_pretrained(TINY / "model")
+
+def build_model(name: str, folder: Path) -> tuple[str, int]:
+    """A model folder with the tiny tokenizer, and its max_length: the tiny model itself, or one of MODELS."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
     if name == "tiny":
         return str(TINY / "model"), 64
-    torch.manual_seed(0)
-    if name == "qwen2-0.5b":  # Qwen2.5-0.5B's shape (494M parameters), random weights
-        from transformers import Qwen2Config, Qwen2ForCausalLM
-
-        config = Qwen2Config(
-            vocab_size=151936,
-            hidden_size=896,
-            intermediate_size=4864,
-            num_hidden_layers=24,
-            num_attention_heads=14,
-            num_key_value_heads=2,
-            max_position_embeddings=4096,
-            tie_word_embeddings=True,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        Qwen2ForCausalLM(config).save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        return str(folder), 2048
-    config = LlamaConfig(
-        vocab_size=16384,
-        hidden_size=512,
-        intermediate_size=1536,
-        num_hidden_layers=6,
-        num_attention_heads=8,
-        num_key_value_heads=8,
-        max_position_embeddings=1024,
-        bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
+    model_type, dimensions, max_length = MODELS[name]
+    tokenizer = AutoTokenizer.from_pretrained(TINY / "model")
+    config = AutoConfig.for_model(
+        model_type, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **dimensions
     )
-    LlamaForCausalLM(config).save_pretrained(folder)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    return str(folder), 512
+    return str(folder), max_length
 
 
 # ---------------------------------------------------------------- one configuration, in its own process

@@ -11,6 +11,15 @@ from alignment.recipe import parse_recipe
 from alignment.speed import apply_fast_defaults
 from tests.conftest import RECIPES, TINY_SFT
 
+# A TRL config on this CPU, fp32, in one process, writing nothing but its output folder.
+CPU_RUN = {
+    "use_cpu": True,
+    "bf16": False,
+    "activation_checkpointing": False,
+    "report_to": "none",
+    "dataset_num_proc": 1,
+}
+
 
 def test_cpu_defaults_fill_only_unset_keys():
     values = {"activation_checkpointing": True, "packing": False, "padding_free": False}
@@ -95,12 +104,8 @@ def test_packed_and_padding_free_batches_train_on_the_same_loss(
         args = SFTConfig(
             output_dir=str(tmp_path / name),
             per_device_train_batch_size=4,
-            use_cpu=True,
-            bf16=False,
-            activation_checkpointing=False,
-            report_to="none",
+            **CPU_RUN,
             assistant_only_loss=True,
-            dataset_num_proc=1,
             train_sampling_strategy="sequential",
             **{"max_length": 64, **layout},
         )
@@ -142,11 +147,7 @@ def test_dpo_pairs_are_grouped_by_their_padded_length(tiny_data: Path, tmp_path:
         args = DPOConfig(
             output_dir=str(tmp_path / strategy),
             per_device_train_batch_size=8,
-            use_cpu=True,
-            bf16=False,
-            activation_checkpointing=False,
-            report_to="none",
-            dataset_num_proc=1,
+            **CPU_RUN,
             max_length=128,
             train_sampling_strategy=strategy,
             seed=0,
