@@ -53,7 +53,7 @@ def test_gpu_without_bf16_falls_back_with_a_note_and_is_not_a_cpu_run(tmp_path, 
 
 
 def test_cpu_run_notes_the_fallback_apart_from_the_plan(tmp_path, monkeypatch):
-    monkeypatch.setattr("alignment.speed.cpu_bf16_is_fast", lambda: False)
+    monkeypatch.setattr("alignment.hardware.cpu_bf16_is_fast", lambda: False)
     recipe = parse_recipe("sft", [write(tmp_path, bf16=True)])
     assert recipe.precision == "bf16" and recipe.training.bf16 is False and recipe.training.use_cpu is True
     assert recipe.device_notes[0] == "bf16 requested but this machine has no GPU: training in float32 here"

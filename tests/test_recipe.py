@@ -173,7 +173,9 @@ def test_quantization_requires_peft(tmp_path):
 
 
 def test_bf16_recipe_falls_back_on_cpu(tmp_path, monkeypatch):
-    monkeypatch.setattr("alignment.speed.cpu_bf16_is_fast", lambda: False)  # bf16 emulated: slower than fp32
+    monkeypatch.setattr(
+        "alignment.hardware.cpu_bf16_is_fast", lambda: False
+    )  # bf16 emulated: slower than fp32
     recipe = parse_recipe("sft", [write(tmp_path, bf16=True)])
     assert recipe.training.bf16 is False
     assert recipe.training.use_cpu is True  # else DDP over gloo trains each rank alone
@@ -182,7 +184,7 @@ def test_bf16_recipe_falls_back_on_cpu(tmp_path, monkeypatch):
 
 def test_bf16_recipe_keeps_autocast_on_a_cpu_with_native_bf16(tmp_path, monkeypatch):
     monkeypatch.setattr(
-        "alignment.speed.cpu_bf16_is_fast", lambda: True
+        "alignment.hardware.cpu_bf16_is_fast", lambda: True
     )  # AMX / AVX512-BF16: faster than fp32
     recipe = parse_recipe("sft", [write(tmp_path, bf16=True)])
     assert recipe.training.bf16 is True and recipe.training.use_cpu is True

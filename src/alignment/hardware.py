@@ -29,6 +29,20 @@ def bf16_supported() -> bool:
     return is_torch_bf16_gpu_available()
 
 
+def cpu_bf16_is_fast() -> bool:
+    """Whether this CPU multiplies bf16 natively (AMX or AVX512-BF16): only then is bf16 autocast faster.
+
+    Without those instructions bf16 is emulated and slower than fp32, so a bf16 recipe falls back to
+    fp32 there. torch exposes the check only as private helpers; a torch without them reads as no.
+    """
+    import torch
+
+    checks = [
+        getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    ]
+    return any(check is not None and check() for check in checks)
+
+
 def attention_implementations() -> tuple[str, ...]:
     """The `attn_implementation` names transformers accepts: eager plus its attention registry."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS

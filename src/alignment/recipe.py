@@ -371,8 +371,7 @@ def device_fallbacks(values: dict[str, Any], precision: str, explicit: set[str])
     On a CPU with native bf16 (AMX, AVX512-BF16) a bf16 recipe keeps bf16 autocast: there it trains
     faster than fp32 (`make bench`). Elsewhere bf16 and fp16 fall back to fp32.
     """
-    from alignment.hardware import bf16_supported, has_accelerator
-    from alignment.speed import cpu_bf16_is_fast
+    from alignment.hardware import bf16_supported, cpu_bf16_is_fast, has_accelerator
 
     notes = []
     said_bf16 = "bf16" in explicit

@@ -16,20 +16,6 @@ from typing import Any
 from alignment.stages import data_stage
 
 
-def cpu_bf16_is_fast() -> bool:
-    """Whether this CPU multiplies bf16 natively (AMX or AVX512-BF16): only then is bf16 autocast faster.
-
-    Without those instructions bf16 is emulated and slower than fp32, so a bf16 recipe falls back to
-    fp32 there. torch exposes the check only as private helpers; a torch without them reads as no.
-    """
-    import torch
-
-    checks = [
-        getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    ]
-    return any(check is not None and check() for check in checks)
-
-
 def _liger_installed() -> bool:
     from transformers.utils import is_liger_kernel_available
 
