@@ -10,7 +10,7 @@ STAMP := $(VENV)/.alignment-installed
 TORCH_VERSION ?= 2.13.0
 EXTRAS ?= dev
 
-.PHONY: install demo test test-fast lint format tiny smoke bench bench-data bench-serve clean
+.PHONY: install demo test test-fast lint format tiny smoke bench bench-data bench-serve compare-methods clean
 
 install: $(STAMP)
 
@@ -53,6 +53,13 @@ bench-data: install
 # streamed token, tokens/s, beside generate_answers in-process; writes benchmarks/results/<device>-<date>-serve.json.
 bench-serve: install
 	$(PY) benchmarks/serve.py
+
+# Full fine-tuning, LoRA, DoRA, prompt tuning, IA3 and the last layer only, from one base, on the tiny task:
+# trainable parameters, time, peak memory, held-out exact match -> benchmarks/results/<device>-<date>-methods.json
+# (and .md). ~15 minutes on 2 cores.
+compare-methods: install
+	@test -d data/tiny || $(PY) -m alignment.cli tiny build
+	$(PY) benchmarks/compare_methods.py
 
 tiny: install
 	$(PY) -m alignment.cli tiny build

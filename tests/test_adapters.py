@@ -118,17 +118,17 @@ def test_a_quantized_recipe_merges_in_full_precision_once_and_loads_the_merge_in
 
 
 def test_what_cannot_be_honoured_is_refused_naming_the_key(workdir, monkeypatch):
-    from peft import PromptTuningConfig, get_peft_model
+    from peft import PrefixTuningConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     monkeypatch.chdir(workdir)
-    prompt = workdir / "runs" / "prompt"
-    config = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
+    prompt = workdir / "runs" / "prompt"  # prefix tuning: keys and values at every layer, nothing to merge
+    config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
     get_peft_model(AutoModelForCausalLM.from_pretrained("data/tiny/model"), config).save_pretrained(prompt)
     AutoTokenizer.from_pretrained("data/tiny/model").save_pretrained(prompt)
     for quantized in ((), ("--load_in_4bit", "true")):
         recipe = dpo_recipe(workdir, prompt, "--use_peft", "true", *quantized)
-        with pytest.raises(RecipeError, match=r"`model_name_or_path`: .*PROMPT_TUNING adapter"):
+        with pytest.raises(RecipeError, match=r"`model_name_or_path`: .*PREFIX_TUNING adapter"):
             load_model(recipe, load_tokenizer(recipe))
     assert not (workdir / "runs" / "dpo" / MERGED_BASE).exists()
 

@@ -41,6 +41,15 @@ class StopOnNonFiniteLoss(TrainerCallback):
                 )
 
 
-def stage_callbacks() -> list[TrainerCallback]:
-    """The callbacks every stage script passes to its trainer."""
-    return [StopOnNonFiniteLoss()]
+def stage_callbacks(recipe: Any = None) -> list[TrainerCallback]:
+    """The callbacks a stage passes to its trainer: the NaN stop always, early stopping when the recipe asks."""
+    callbacks: list[TrainerCallback] = [StopOnNonFiniteLoss()]
+    patience = getattr(getattr(recipe, "args", None), "early_stopping_patience", None)
+    if patience is not None:
+        from transformers import EarlyStoppingCallback
+
+        threshold = recipe.args.early_stopping_threshold or 0.0
+        callbacks.append(
+            EarlyStoppingCallback(early_stopping_patience=patience, early_stopping_threshold=threshold)
+        )
+    return callbacks

@@ -91,6 +91,8 @@ def chat_loop(model: Any, tokenizer: Any, system_prompt: str | None = None, max_
 
     `read` and `write` are `input` and stdout in a terminal, and a script and a buffer in tests.
     """
+    from alignment.evaluation import decode_step_by_step, is_prompt_learning
+
     opening = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages = list(opening)
     write.write(f"chat with {name or model.name_or_path}: {COMMANDS}\n")
@@ -112,7 +114,13 @@ def chat_loop(model: Any, tokenizer: Any, system_prompt: str | None = None, max_
             write.write(f"commands: {COMMANDS}\n")
         else:
             messages.append({"role": "user", "content": line})
-            reply = stream_reply(model, tokenizer, messages, max_new_tokens, temperature, write)
+            if is_prompt_learning(
+                model
+            ):  # prefix tuning: PEFT's generate is not its forward pass (evaluation.py)
+                reply = decode_step_by_step(model, tokenizer, messages, max_new_tokens, temperature > 0)
+                write.write(reply + "\n")
+            else:
+                reply = stream_reply(model, tokenizer, messages, max_new_tokens, temperature, write)
             messages.append({"role": "assistant", "content": reply})
         write.flush()
 

@@ -24,7 +24,13 @@ def load_for_eval(model_dir: str | Path) -> tuple[Any, Any]:
     from alignment.model import adapter_base, merge_adapter
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if adapter_base(str(model_dir)):
+    if adapter_base(str(model_dir)) and is_prefix_tuning(model_dir):
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(
+            model_dir
+        )  # keys/values at every layer: not mergeable
+    elif adapter_base(str(model_dir)):
         model = merge_adapter(str(model_dir), tokenizer, {})
     else:
         model = AutoModelForCausalLM.from_pretrained(
@@ -32,6 +38,12 @@ def load_for_eval(model_dir: str | Path) -> tuple[Any, Any]:
         )  # our own saves: no pickle
     model.to(eval_device()).eval()
     return model, tokenizer
+
+
+def is_prefix_tuning(model_dir: str | Path) -> bool:
+    """The folder holds a prefix-tuning adapter: used through PEFT, never merged (`soft_prompt`)."""
+    path = Path(model_dir) / "adapter_config.json"
+    return path.is_file() and json.loads(path.read_text()).get("peft_type") == "PREFIX_TUNING"
 
 
 def end_of_turn_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -56,6 +68,37 @@ def eval_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def is_prompt_learning(model: Any) -> bool:
+    """`model` is a PEFT prompt- or prefix-tuning model (virtual tokens, or learned keys/values, in front)."""
+    return bool(getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False))
+
+
+def decode_step_by_step(
+    model: Any, tokenizer: Any, prompt: list[dict], max_new_tokens: int, sample: bool
+) -> str:
+    """One reply from a prompt-learning PEFT model, each token from a whole forward pass of what came before.
+
+    PEFT 0.21's `generate` for prompt and prefix tuning under transformers 5.23 does not reproduce its own
+    forward pass: with the KV cache (and, for prefix tuning, without it) greedy replies differ from the
+    argmax of `model(ids)` after a few tokens, and PEFT drops `position_ids`, so a left-padded batch is
+    shifted. The forward pass is what training optimised; here it is used as is, one prompt at a time,
+    with no cache: slower (fine for evaluation on small sets), and what the model learnt.
+    """
+    import torch
+
+    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(model.device)
+    stops, start = set(end_of_turn_ids(model, tokenizer)), ids.shape[1]
+    for _ in range(max_new_tokens):
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1]
+        token = torch.multinomial(logits.softmax(-1), 1) if sample else logits.argmax().view(1)
+        ids = torch.cat([ids, token.view(1, 1)], dim=1)
+        if token.item() in stops:
+            break
+    return tokenizer.decode(ids[0, start:], skip_special_tokens=True).strip()
+
+
 def generate_answers(model: Any, tokenizer: Any, prompts: list[list[dict]], max_new_tokens: int = 16,
                      batch_size: int = 100, sample: bool = False, seed: int = 0) -> list[str]:  # fmt: skip
     """Continue each chat prompt with the model (greedy unless `sample`) and return the decoded replies."""
@@ -64,6 +107,11 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[list[dict]], max_
     side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation appends on the right
     if sample:  # greedy needs no seed, and leaves a training run's random state alone (the callback)
         torch.manual_seed(seed)
+    if is_prompt_learning(model):
+        try:
+            return [decode_step_by_step(model, tokenizer, p, max_new_tokens, sample) for p in prompts]
+        finally:
+            tokenizer.padding_side = side
     replies = []
     try:
         for start in range(0, len(prompts), batch_size):

@@ -43,7 +43,9 @@ def merge_lora(
     }
     model = merge_adapter(adapter, tokenizer, load_kwargs)
     if (Path(adapter) / "generation_config.json").is_file():
+        suppressed = model.generation_config.suppress_tokens  # a merged soft prompt's tokens (soft_prompt.py)
         model.generation_config = GenerationConfig.from_pretrained(adapter)
+        model.generation_config.suppress_tokens = suppressed
     final = Path(output_dir)
     partial = final.with_name(final.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -70,6 +72,13 @@ def check_merge(adapter: str, output_dir: str, dtype: str, allow_pickle_weights:
     base = adapter_base(adapter)
     if base is None:
         raise RecipeError(f"adapter: {adapter} has no adapter_config.json (a full model needs no merge)")
+    from alignment.evaluation import is_prefix_tuning
+
+    if is_prefix_tuning(folder):
+        raise RecipeError(
+            f"adapter: {adapter} is a prefix-tuning adapter, which cannot be merged (it learns keys and values at "
+            "every layer); use it through PEFT: `alignment chat` and `alignment eval` load it as it is"
+        )
     if dtype not in DTYPES:
         raise RecipeError(f"--dtype is {dtype!r}; choose one of {', '.join(DTYPES)}")
     if Path(output_dir).resolve() in (folder.resolve(), Path(base).resolve()):

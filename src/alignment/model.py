@@ -71,12 +71,13 @@ MERGED_BASE = "_merged_base"  # under output_dir; the Trainer's Hub pushes skip 
 MERGE_STAMP = "merged_from.json"  # written last: a folder without it (or with another one) is rebuilt
 
 
-def load_model(recipe: Recipe, tokenizer: Any, head: str = "causal") -> Any:
+def load_model(recipe: Recipe, tokenizer: Any, head: str = "causal", labels: list[str] | None = None) -> Any:
     """Causal LM as the recipe asks (dtype, attention, 4/8-bit), resized to the tokenizer, EOS wired for generation.
 
     `head="reward"` loads the same weights under a sequence-classification head with one output (a
     reward model: the head is new, the body is the previous stage's), its pad token wired so that
-    the head reads the last real token.
+    the head reads the last real token. `head="classify"` does the same with an output per class,
+    `labels` (in id order), stored as the config's `id2label`/`label2id`.
 
     A local adapter folder as `model_name_or_path` (the output of a LoRA stage) is merged into its
     base, so this stage starts from the model the previous stage produced; a PEFT recipe then trains
@@ -99,13 +100,16 @@ def load_model(recipe: Recipe, tokenizer: Any, head: str = "causal") -> Any:
         "use_safetensors": None if recipe.args.allow_pickle_weights else True,
     }
     source = margs.model_name_or_path
-    if head == "reward":
-        kwargs["num_labels"] = 1
+    head_kwargs: dict[str, Any] = {"num_labels": 1} if head == "reward" else {}
+    if head == "classify":
+        head_kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                       "label2id": {name: i for i, name in enumerate(labels)}}  # fmt: skip
     if adapter_base(source) is not None and quantization is None and head == "causal":
         model = merge_adapter(source, tokenizer, kwargs)
     else:
         if adapter_base(source) is not None:
-            source = merged_base(recipe, tokenizer, {k: v for k, v in kwargs.items() if k != "num_labels"})
+            source = merged_base(recipe, tokenizer, kwargs)
+        kwargs.update(head_kwargs)
         if quantization is not None:
             from accelerate import PartialState
 
@@ -115,21 +119,25 @@ def load_model(recipe: Recipe, tokenizer: Any, head: str = "causal") -> Any:
             )
         model = from_pretrained(source, kwargs, head)
     _resize(model, tokenizer)
-    if head == "reward":
+    if head != "causal":  # the score head reads each row's last token that is not padding
         model.config.pad_token_id = tokenizer.pad_token_id
     else:
         wire_generation_config(model, tokenizer)
+    if recipe.args.trainable_layers is not None:
+        from alignment.partial_tuning import freeze_all_but_last_layers
+
+        freeze_all_but_last_layers(model, recipe.args.trainable_layers)
     return model
 
 
 def from_pretrained(source: str, kwargs: dict[str, Any], head: str = "causal") -> Any:
-    """`AutoModelForCausalLM.from_pretrained` (`head="reward"`: `AutoModelForSequenceClassification`), with a
-    Hub model that has only pickle weights named in one line."""
+    """`AutoModelForCausalLM.from_pretrained` (`head="reward"` or `"classify"`: `AutoModelForSequenceClassification`),
+    with a Hub model that has only pickle weights named in one line."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from alignment.errors import RecipeError
 
-    auto_class = AutoModelForSequenceClassification if head == "reward" else AutoModelForCausalLM
+    auto_class = AutoModelForCausalLM if head == "causal" else AutoModelForSequenceClassification
     try:
         return auto_class.from_pretrained(source, **kwargs)
     except OSError as err:
@@ -149,6 +157,11 @@ def merge_adapter(adapter: str, tokenizer: Any, load_kwargs: dict[str, Any]) -> 
     logger.info(f"{adapter} is an adapter: merging it into its base {config.base_model_name_or_path}")
     model = from_pretrained(config.base_model_name_or_path, load_kwargs)
     _resize(model, tokenizer)  # to the size the previous stage trained (and saved) its embeddings at
+    if getattr(config.peft_type, "value", config.peft_type) == "PROMPT_TUNING":
+        from alignment.soft_prompt import merge_soft_prompt
+
+        merged = merge_soft_prompt(PeftModel.from_pretrained(model, adapter), tokenizer)
+        return merged.requires_grad_(True)
     merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     # PEFT froze the base when wrapping it; the merged model is trained in full or gets a fresh adapter.
     return merged.requires_grad_(True)
@@ -161,11 +174,12 @@ def _mergeable_adapter_config(adapter: str) -> Any:
     from alignment.errors import RecipeError
 
     config = PeftConfig.from_pretrained(adapter)
-    if config.is_prompt_learning or config.is_adaption_prompt:
-        kind = getattr(config.peft_type, "value", config.peft_type)
+    kind = getattr(config.peft_type, "value", config.peft_type)
+    if (config.is_prompt_learning or config.is_adaption_prompt) and kind != "PROMPT_TUNING":
         raise RecipeError(
-            f"`model_name_or_path`: {adapter} holds a {kind} adapter, which cannot be merged into its base; "
-            "start from a LoRA stage's output or a full model"
+            f"`model_name_or_path`: {adapter} holds a {kind} adapter, which cannot be merged into its base "
+            "(it learns keys and values at every layer, which no weight or token carries); start from a LoRA, "
+            "IA3 or prompt-tuning stage's output, or a full model"
         )
     return config
 
@@ -235,21 +249,21 @@ def wire_generation_config(model: Any, tokenizer: Any) -> None:
         model.generation_config.bos_token_id = tokenizer.bos_token_id
 
 
-def peft_config_for(recipe: Recipe, model: Any) -> Any:
-    """The recipe's LoRA/DoRA config for the trainer to wrap `model` with, or None for full fine-tuning.
+def peft_config_for(recipe: Recipe, model: Any, head: str = "causal") -> Any:
+    """The recipe's PEFT config (`peft_type`: LoRA/DoRA, prompt or prefix tuning, IA3) for the trainer to wrap
+    `model` with, or None for full fine-tuning.
 
-    Always a fresh adapter at the recipe's rank: `load_model` has merged any previous stage's adapter.
-    Logs the rank and the trainable/total parameter counts it gives on `model`.
+    Always a fresh adapter: `load_model` has merged any previous stage's adapter. Logs the method and the
+    trainable/total parameter counts it gives on `model`.
     """
-    from trl import get_peft_config
+    from alignment.adapters import build_peft_config, describe
 
-    if not recipe.model.use_peft:
+    config = build_peft_config(recipe, model, head)
+    if config is None:
         return None
-    config = get_peft_config(recipe.model)
     trainable, total = _count_adapter_parameters(config, model)
     logger.info(
-        f"training a new {'DoRA' if config.use_dora else 'LoRA'} adapter: r={config.r}, alpha={config.lora_alpha}, "
-        f"targets {config.target_modules}; {trainable:,} trainable of {total:,} parameters ({trainable / total:.2%})"
+        f"training {describe(config)}; {trainable:,} trainable of {total:,} parameters ({trainable / total:.2%})"
     )
     return config
 
@@ -275,7 +289,8 @@ def _count_adapter_parameters(config: Any, model: Any) -> tuple[int, int]:
     except ValueError as err:
         if "target module" not in str(err).lower():
             raise
-        raise RecipeError(f"`lora_target_modules`: {str(err).strip().splitlines()[0]}") from None
+        key = "lora_target_modules" if getattr(config, "peft_type", None) == "LORA" else "ia3_target_modules"
+        raise RecipeError(f"`{key}`: {str(err).strip().splitlines()[0]}") from None
 
 
 def load_reference_model(recipe: Recipe, tokenizer: Any) -> Any | None:

@@ -68,8 +68,9 @@ class RecipeArguments:
     dataset_mixture: dict | str | None = field(
         default=None,
         metadata={
-            "help": "Sources to mix: {datasets: [{id, config, split, columns, weight | samples, format, tags, "
-            "on_invalid, dedup}], seed, test_split | test_split_size, dedup, decontaminate, decontaminate_ngram}. "
+            "help": "Sources to mix: {datasets: [{id, config, split, columns, column_names (a headerless csv/tsv/"
+            "txt: its fields), weight | samples, format, tags, on_invalid, dedup}], seed, test_split | "
+            "test_split_size, dedup, decontaminate, decontaminate_ngram}. "
             "On the command line, pass it as JSON."
         },
     )
@@ -149,6 +150,55 @@ class RecipeArguments:
             "help": "License of the trained model, for the model card (e.g. apache-2.0). None: left out."
         },
     )
+    peft_type: str = field(
+        default="lora",
+        metadata={
+            "help": "The PEFT method when `use_peft` is on: lora (with `use_dora` for DoRA), prompt_tuning "
+            "(learned virtual tokens, the model frozen), prefix_tuning (learned keys/values at every layer) or "
+            "ia3 (learned rescaling vectors). A non-LoRA type turns `use_peft` on.",
+            "choices": ["lora", "prompt_tuning", "prefix_tuning", "ia3"],
+        },
+    )
+    num_virtual_tokens: int | None = field(
+        default=None, metadata={"help": "prompt_tuning, prefix_tuning: learned tokens in front (default 20)."}
+    )
+    prompt_tuning_init_text: str | None = field(
+        default=None,
+        metadata={
+            "help": "prompt_tuning: start the virtual tokens from this text's embeddings (default: random)."
+        },
+    )
+    ia3_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "ia3: modules to rescale (default: PEFT's for the model family)."}
+    )
+    ia3_feedforward_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "ia3: which of `ia3_target_modules` are feed-forward (rescaled at input)."},
+    )
+    trainable_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Train only the last N transformer blocks (plus the final norm and a new score head) of a "
+            "full model; the rest is frozen. None: every layer trains. Not with `use_peft`."
+        },
+    )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={
+            "help": "Stop after this many evaluations without improvement of `metric_for_best_model` (default "
+            "eval_loss) and keep the best checkpoint; needs eval data. Sets the eval/save schedule to match."
+        },
+    )
+    early_stopping_threshold: float | None = field(
+        default=None, metadata={"help": "How much better the metric must get to count as an improvement (0)."}
+    )
+
+
+# Our optional string keys, where `--key none` on the command line means unset (YAML has `null`); TRL keeps
+# "none" as a string for its own string keys (`report_to: none` means no tracker).
+OPTIONAL_PATHS = tuple(
+    f.name for f in dataclasses.fields(RecipeArguments) if f.type in ("str | None", str | None)
+)
 
 
 def stage_config_class(stage: str) -> type:
@@ -468,6 +518,8 @@ def parse_recipe(stage: str, argv: Sequence[str] | None = None) -> Recipe:
 def _parse_recipe(stage: str, argv: Sequence[str] | None) -> Recipe:
     from trl import ModelConfig
 
+    from alignment.adapters import check_peft_keys
+    from alignment.early_stopping import apply_early_stopping
     from alignment.migrations import migrate_cli, migrate_config
     from alignment.online_rl import vllm_device_note
     from alignment.speed import apply_fast_defaults
@@ -508,9 +560,19 @@ def _parse_recipe(stage: str, argv: Sequence[str] | None) -> Recipe:
         bad = (flags or unknown)[0].lstrip("-").split("=")[0]
         raise RecipeError(f"command line: unknown option `--{bad}` for stage {stage}{closest(bad, valid)}")
     values = vars(namespace)
+    for name in OPTIONAL_PATHS:  # TRL's parser takes `none` for optional fields, except string ones
+        if isinstance(values.get(name), str) and values[name].lower() in ("none", "null"):
+            values[name] = None
     explicit = set(config) | {a[2:].split("=")[0] for a in cli if a.startswith("--")}
     _check_values(values, stage, origin)
     check_values(values, stage, origin, notes)
+    notes += check_peft_keys(values, explicit, origin)
+    notes += apply_early_stopping(values, explicit, origin)
+    if values.get("trainable_layers") is not None and values.get("use_peft"):
+        raise RecipeError(
+            f"{origin}: `trainable_layers` freezes part of a full model; with `use_peft` the adapter decides what "
+            "trains: remove one of them"
+        )
     if values.get("activation_checkpointing") is None and "activation_checkpointing" in values:
         # TRL's default lives on the deprecated alias; moving it over keeps transformers' FutureWarning quiet.
         values["activation_checkpointing"] = values.get("gradient_checkpointing")
@@ -536,7 +598,7 @@ def _parse_recipe(stage: str, argv: Sequence[str] | None) -> Recipe:
             raise RecipeError(f"{origin}: {first_line}") from None
     args, training, model = built
     mixture = resolve_mixture(args, origin)
-    check_eval_data(training, bool(mixture.test_split or mixture.test_split_size), origin)
+    check_eval_data(training, bool(mixture.test_split or mixture.test_split_size), origin, args)
     try:
         require_trackers(training.report_to)
     except RecipeError as err:

@@ -36,6 +36,7 @@ COMMON_RULES: list[Rule] = [
     ("lora_r", lambda v, _: v >= 1, "at least 1"),
     ("lora_alpha", lambda v, _: v > 0, "above 0"),
     ("lora_dropout", lambda v, _: 0 <= v < 1, "in [0, 1)"),
+    ("trainable_layers", lambda v, _: v is None or v >= 1, "at least 1 (or null: every layer trains)"),
     ("warmup_steps", lambda v, _: v >= 0, "0 or more (a float below 1 is a ratio of the steps)"),
     ("weight_decay", lambda v, _: v >= 0, "0 or more"),
     ("max_grad_norm", lambda v, _: v is None or v >= 0, "0 or more"),
@@ -50,7 +51,23 @@ STAGE_RULES: dict[str, list[Rule]] = {
         ("beta", lambda v, _: v > 0, "above 0"),
         ("label_smoothing", lambda v, _: 0 <= v <= 0.5, "in [0, 0.5] (above 0.5 flips the preference)"),
     ],
-}
+    "classify": [  # transformers finds out only at the first evaluation, after training steps were spent
+        ("metric_for_best_model", lambda v, _: v is None or _classifier_metric(v),
+         "one the classifier logs: loss, accuracy, f1_macro, or precision/<label>, recall/<label>, f1/<label>"),
+    ],
+}  # fmt: skip
+
+
+# What the classify stage logs (alignment/classification.py; tests/test_classify.py keeps the two in step).
+CLASSIFIER_METRICS = ("loss", "accuracy", "f1_macro")
+CLASSIFIER_CLASS_METRICS = ("precision", "recall", "f1")  # each as `<name>/<label>`
+
+
+def _classifier_metric(name: str) -> bool:
+    """Whether the classify stage logs `name` (with or without `eval_`), so that it can pick the best model."""
+    name = name.removeprefix("eval_")
+    kind, _, label = name.partition("/")
+    return name in CLASSIFIER_METRICS or (kind in CLASSIFIER_CLASS_METRICS and bool(label))
 
 
 def check_values(values: dict[str, Any], stage: str, origin: str, notes: list[str]) -> None:
@@ -71,14 +88,20 @@ def check_values(values: dict[str, Any], stage: str, origin: str, notes: list[st
     _check_report_to(values.get("report_to"), origin)
     _check_output_dir(values.get("output_dir"), origin)
     _check_max_positions(values, origin)
+    _check_trainable_layers(values, origin)
     _check_weight_format(values, origin)
     _check_generation_eval(values, stage, origin)
 
 
-def check_eval_data(training: Any, has_eval_data: bool, origin: str) -> None:
-    """An evaluation schedule needs an eval set (TRL fails on it after the model loads)."""
+def check_eval_data(training: Any, has_eval_data: bool, origin: str, args: Any = None) -> None:
+    """An evaluation schedule, and early stopping, need an eval set (TRL fails on it after the model loads)."""
     strategy = getattr(training, "eval_strategy", "no")
     strategy = getattr(strategy, "value", strategy)  # an IntervalStrategy enum, or its string
+    if getattr(args, "early_stopping_patience", None) is not None and not has_eval_data:
+        raise RecipeError(
+            f"{origin}: `early_stopping_patience` stops on the eval loss, but the recipe has no eval data; set "
+            "`dataset_mixture.test_split` (or `test_split_size`, or `dataset_test_split`)"
+        )
     if strategy != "no" and not has_eval_data:
         raise RecipeError(
             f"{origin}: `eval_strategy` is {strategy!r} but the recipe has no eval data; set "
@@ -98,6 +121,11 @@ def _check_generation_eval(values: dict[str, Any], stage: str, origin: str) -> N
         raise RecipeError(
             f"{origin}: `eval_generation_prompts`: a reward model generates nothing; score pairs with "
             "`alignment eval MODEL_DIR --pairs ...` after training"
+        )
+    if prompts and stage == "classify":
+        raise RecipeError(
+            f"{origin}: `eval_generation_prompts`: a classifier generates nothing; its held-out accuracy, F1 "
+            "and confusion matrix come from the test split"
         )
 
 
@@ -152,6 +180,19 @@ def _check_max_positions(values: dict[str, Any], origin: str) -> None:
         raise RecipeError(
             f"{origin}: `max_length` is {max_length} but {model} has max_position_embeddings {limit}; "
             f"set max_length to {limit} or less"
+        )
+
+
+def _check_trainable_layers(values: dict[str, Any], origin: str) -> None:
+    """`trainable_layers` above the model's block count, read from a local or cached config.json."""
+    layers, model = values.get("trainable_layers"), values.get("model_name_or_path")
+    if not layers or not model:
+        return
+    blocks = (local_model_config(str(model)) or {}).get("num_hidden_layers")
+    if isinstance(blocks, int) and layers > blocks:
+        raise RecipeError(
+            f"{origin}: `trainable_layers` is {layers} but {model} has {blocks} transformer blocks "
+            f"(num_hidden_layers); set {blocks} or less"
         )
 
 

@@ -20,10 +20,11 @@ logger = logging.getLogger(__name__)
 
 
 def build_trainer(recipe: Recipe, tokenizer: Any, datasets: Any) -> Any:
-    """The stage's TRL trainer on `datasets["train"]` (and `datasets["test"]` when there is one)."""
+    """The stage's TRL trainer (classify: ours) on `datasets["train"]` (and `datasets["test"]` when there is one)."""
     from transformers import set_seed
 
     from alignment.callbacks import stage_callbacks
+    from alignment.data.replay import trainer_args
     from alignment.generation_eval import generation_eval_callback
     from alignment.model import load_model, load_reference_model, peft_config_for
     from alignment.speed import with_pair_length_grouping
@@ -36,7 +37,12 @@ def build_trainer(recipe: Recipe, tokenizer: Any, datasets: Any) -> Any:
     # Seeded before the model loads, as transformers' example scripts do: a new head (the reward model's
     # score layer) is initialised at load time, before the Trainer seeds; unseeded, it differs every run.
     set_seed(recipe.training.seed)
-    model = load_model(recipe, tokenizer, head=spec.head)
+    labels = None
+    if spec.head == "classify":  # the classes come from the rows: checked before the model loads
+        from alignment.classification import class_names
+
+        labels = class_names(datasets)
+    model = load_model(recipe, tokenizer, head=spec.head, labels=labels)
     if spec.reference:
         extra["ref_model"] = load_reference_model(recipe, tokenizer)
     trainer_class = with_pair_length_grouping(trl_attribute(spec.trainer))
@@ -44,12 +50,12 @@ def build_trainer(recipe: Recipe, tokenizer: Any, datasets: Any) -> Any:
         datasets = render_pairs(datasets, tokenizer)
     trainer = trainer_class(
         model=model,
-        args=recipe.training,
+        args=trainer_args(recipe.training, datasets["train"]),  # tokenised replay mixtures: data/replay.py
         train_dataset=datasets["train"],
         eval_dataset=datasets.get("test"),
         processing_class=tokenizer,
-        peft_config=peft_config_for(recipe, model),
-        callbacks=stage_callbacks() + ([generation_eval] if generation_eval else []),
+        peft_config=peft_config_for(recipe, model, spec.head),
+        callbacks=stage_callbacks(recipe) + ([generation_eval] if generation_eval else []),
         **extra,
     )
     if generation_eval is not None:

@@ -138,6 +138,12 @@ def finish_training(
     if resumed and (loss := whole_run_loss(trainer.state.log_history)) is not None:
         metrics["train_loss"] = loss  # transformers' covers only the resumed steps
     metrics["train_samples"] = len(datasets["train"])  # rows actually trained: after every counted drop
+    from alignment.partial_tuning import parameter_counts
+
+    # What trained, in the card and all_results.json: an adapter, the last layers, or everything.
+    metrics["trainable_parameters"], metrics["total_parameters"] = parameter_counts(trainer.model)
+    if recipe.args.early_stopping_patience is not None:
+        metrics.update(early_stopping_summary(trainer.state))
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     trainer.save_state()
@@ -168,6 +174,20 @@ def finish_training(
     trainer.accelerator.wait_for_everyone()
     trainer.end()  # finishes the trackers and destroys the process group: nothing collective after this
     return metrics
+
+
+def early_stopping_summary(state: Any) -> dict[str, Any]:
+    """Where the run stopped and which checkpoint it kept, logged and put in the metrics (and the card)."""
+    best = state.best_model_checkpoint
+    best_step = int(best.rsplit("-", 1)[-1]) if best else None
+    stopped = state.global_step < state.max_steps
+    logger.info(
+        (f"early stopping: stopped at step {state.global_step} of {state.max_steps}" if stopped
+         else f"early stopping: ran all {state.max_steps} steps")
+        + (f"; the best checkpoint (step {best_step}, {state.best_metric:.4g}) is the saved model" if best else "")
+    )  # fmt: skip
+    summary = {"early_stopped": int(stopped), "stopped_at_step": state.global_step}
+    return summary | ({"best_step": best_step, "best_metric": state.best_metric} if best else {})
 
 
 FINAL_PARTIAL = "_final.partial"  # under output_dir; the Trainer's Hub pushes skip "_*" folders
@@ -254,6 +274,11 @@ def write_model_card(
         summary = f"A {kind} adapter (PEFT) for `{base}`, trained in the **{recipe.stage.upper()}** stage"
     elif is_reward_model(recipe):
         summary = f"A reward model (`{base}` with a one-output score head), trained in the **RM** stage"
+    elif is_classifier(recipe):
+        saved = Path(output_dir) / "config.json"  # saved before the card: its id2label are the classes
+        labels = list(json.loads(saved.read_text()).get("id2label", {}).values()) if saved.is_file() else []
+        shown = f" with {len(labels)} labels ({', '.join(labels[:10])}{', ...' if len(labels) > 10 else ''})"
+        summary = f"A text classifier{shown if labels else ''} (`{base}` with a score head), trained in the **CLASSIFY** stage"
     else:
         summary = f"`{base}` after the **{recipe.stage.upper()}** stage"
     versions = (
@@ -308,14 +333,22 @@ def card_data(output_dir: Path, recipe: Recipe, extra_tags: list[str] | None = N
             tags.append(f"base_model:adapter:{base}")
     tags += extra_tags or []
     datasets = list(dict.fromkeys(s.id for s in recipe.mixture.datasets if not is_local(s.id)))
+    scorer = is_reward_model(recipe) or is_classifier(recipe)  # a sequence-classification head
     return ModelCardData(
         base_model=base,
         library_name="peft" if adapter is not None else "transformers",
         license=recipe.args.license,
         datasets=datasets or None,
-        pipeline_tag="text-classification" if is_reward_model(recipe) else "text-generation",
+        pipeline_tag="text-classification" if scorer else "text-generation",
         tags=tags,
     )
+
+
+def is_classifier(recipe: Recipe) -> bool:
+    """The stage trains a text classifier (sequence classification, an output per label of its data)."""
+    from alignment.stages import STAGES
+
+    return recipe.stage in STAGES and STAGES[recipe.stage].head == "classify"
 
 
 def is_reward_model(recipe: Recipe) -> bool:

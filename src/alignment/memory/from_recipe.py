@@ -114,12 +114,21 @@ def training_shape(recipe: Recipe, shape: ModelShape) -> tuple[TrainingShape, li
         checkpointing = getattr(t, "gradient_checkpointing", False)
     peft = ("qlora-4bit" if m.load_in_4bit else "qlora-8bit" if m.load_in_8bit else "dora" if m.use_dora else "lora"
             ) if m.use_peft else "full"  # fmt: skip
+    lora_r = m.lora_r
+    kind_of_peft = getattr(recipe.args, "peft_type", "lora")
+    if m.use_peft and kind_of_peft != "lora":
+        lora_r = 1  # a few thousand trainable parameters, like a rank-1 LoRA's
+        notes.append(f"peft_type {kind_of_peft}: its adapter's states approximated by a rank-1 LoRA's")
+    if getattr(recipe.args, "trainable_layers", None):
+        notes.append(
+            "trainable_layers: gradients and optimizer states counted for every layer (an upper bound)"
+        )
     optim = str(_value(t.optim))
     if optim not in OPTIMIZER_STATES:
         notes.append(f"optim {optim}: its states counted as AdamW's")
     if kind in ("orpo", "cpo") or getattr(t, "label_smoothing_factor", 0):
         logits = "full"
-    elif stage(kind).head == "reward":
+    elif stage(kind).head != "causal":  # a reward model's or a classifier's score head: no vocabulary logits
         logits = "none"
     else:
         logits = "fused"
@@ -152,7 +161,7 @@ def training_shape(recipe: Recipe, shape: ModelShape) -> tuple[TrainingShape, li
         optimizer=optim,
         optimizer_momentum=momentum,
         peft=peft,
-        lora_r=m.lora_r,
+        lora_r=lora_r,
         lora_targets=targets,
         lora_dropout=m.lora_dropout,
         nested_quant=bool(m.use_bnb_nested_quant),
