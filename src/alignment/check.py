@@ -67,9 +67,11 @@ def plan(
     will write) is a note. With `memory`, it estimates the peak GPU memory per process from the model's
     config.json (alignment/memory/) and, given `gpu_memory` GiB, whether that fits.
     """
+    from alignment.data.mixture import source_stage
     from alignment.data.probe import probe_mixture
 
-    probed = probe_model_folders(recipe) + probe_mixture(recipe.mixture, data_stage(recipe.stage))
+    rows = data_stage(recipe.stage)
+    probed = probe_model_folders(recipe) + probe_mixture(recipe.mixture, rows)
     t = recipe.training
     target = target or default_target(recipe, processes)
     world = target.processes
@@ -102,6 +104,7 @@ def plan(
         "datasets": [
             f"{s.label} [{s.split}]"
             + (f" {s.samples} samples" if s.samples else f" weight {s.weight}" if s.weight else "")
+            + (" (replay text)" if source_stage(s, rows) != rows else "")
             for s in recipe.mixture.datasets
         ]
         + ([f"eval: split {recipe.mixture.test_split} of each source"] if recipe.mixture.test_split else []),

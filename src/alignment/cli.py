@@ -2,13 +2,14 @@
 
     alignment sft RECIPE [--num_processes N] [--accelerate_config FILE] [--key value ...]
     alignment dpo RECIPE [--num_processes N] [--accelerate_config FILE] [--key value ...]
+    alignment classify RECIPE [--key value ...]   # a text classifier (transformers' Trainer; TRL has none)
     alignment check RECIPE [--stage S] [--num_processes N] [--accelerate_config FILE] [--gpu_memory GIB] [--key value ...]
     alignment check FOLDER                       # every recipe under it, one line each
     alignment check RECIPE --smoke               # a few real steps on CPU: tiny model, first rows
     alignment data RECIPE [--stage S] --output_dir DIR [--key value ...]   # the rows it would train on
     alignment tiny build [DIR]
     alignment demo
-    alignment merge ADAPTER --output_dir DIR     # a LoRA stage's adapter merged into its base
+    alignment merge ADAPTER --output_dir DIR     # a LoRA, IA3 or prompt-tuning adapter merged into its base
     alignment rerun OUTPUT_DIR/run_manifest.json [--key value ...]   # repeat a run, its recipe as recorded
     alignment run PIPELINE.yaml [--from STAGE | --only STAGE] [--dry_run]   # stages in order, one process each
     alignment eval MODEL_DIR [--prompts F] [--pairs F] [--questions F --judge_url URL ...]   # held-out scores

@@ -164,8 +164,8 @@ def requests_from(options: argparse.Namespace) -> list[EvalRequest]:
 
 
 def model_kind(model_dir: str | Path) -> str:
-    """ "adapter" (a PEFT folder), "reward" (a sequence-classification head) or "causal"; a RecipeError when
-    the folder holds no model."""
+    """ "adapter" (a PEFT folder), "reward" (a sequence-classification head with one output), "classifier" (one
+    with an output per label: the classify stage) or "causal"; a RecipeError when the folder holds no model."""
     folder = Path(model_dir)
     if not folder.is_dir():
         raise RecipeError(f"model folder {model_dir} not found")
@@ -174,13 +174,21 @@ def model_kind(model_dir: str | Path) -> str:
     config = folder / "config.json"
     if not config.is_file():
         raise RecipeError(f"{model_dir} holds no model (no config.json or adapter_config.json)")
-    architectures = json.loads(config.read_text()).get("architectures") or []
-    return "reward" if any(a.endswith("ForSequenceClassification") for a in architectures) else "causal"
+    values = json.loads(config.read_text())
+    if not any(a.endswith("ForSequenceClassification") for a in values.get("architectures") or []):
+        return "causal"
+    return "classifier" if len(values.get("id2label") or {}) > 1 else "reward"
 
 
 def check_request(request: EvalRequest) -> dict[str, Any]:
     """Validate the request and read every input, before any model loads; return the rows per task."""
     kind = model_kind(request.model_dir)
+    if kind == "classifier":
+        raise RecipeError(
+            f"{request.model_dir} is a text classifier: `alignment eval` scores language and reward models; its "
+            f"held-out accuracy, F1 and confusion matrix are in {request.model_dir}/eval_results.json and "
+            "confusion_matrix.json (the classify stage's test split)"
+        )
     for task in request.tasks:
         if task not in TASKS:
             raise RecipeError(f"--tasks: unknown task {task!r}; tasks: {', '.join(TASKS)}")
@@ -340,7 +348,10 @@ def _read_loss_rows(source: str, split: str | None, max_rows: int | None) -> dic
 def for_its_kind(request: EvalRequest) -> tuple[EvalRequest | None, str | None]:
     """The request narrowed to what the model can do, in a comparison of several: a reward model only ranks
     pairs. Returns the request (None: no task applies) and what was left out, which is printed and recorded."""
-    if model_kind(request.model_dir) != "reward":
+    kind = model_kind(request.model_dir)
+    if kind == "classifier":
+        return None, "a text classifier: its metrics are its run's eval_results.json; not evaluated"
+    if kind != "reward":
         return request, None
     if not request.pairs:
         return None, "a reward model only ranks --pairs, and none were given: not evaluated"

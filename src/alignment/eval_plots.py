@@ -1,4 +1,5 @@
-"""PNG plots of a run and of a pipeline: loss curves, preference margins, stages side by side.
+"""PNG plots of a run and of a pipeline: loss curves, preference margins, stages side by side, a classifier's
+confusion matrix.
 
 matplotlib comes with the `eval` extra (`pip install -e ".[eval]"`); without it no plot is drawn and
 the caller says so in one line, while every number still goes to results.json and the table.
@@ -95,6 +96,34 @@ def plot_stages(results: dict[str, dict[str, Any]], out: str | Path, metrics: li
     axis.set_ylabel("%")
     axis.set_ylim(0, 105)
     axis.legend(fontsize="small", ncols=min(len(metrics), 4))
+    figure.tight_layout()
+    path = Path(out)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def plot_confusion(confusion: Any, names: list[str], out: str | Path) -> Path:
+    """A classifier's confusion matrix as a heat map, each cell with its count (rows: true label)."""
+    plt = _pyplot()
+    size = min(3 + 0.5 * len(names), 14)
+    figure, axis = plt.subplots(figsize=(size, size * 0.85))
+    image = axis.imshow(confusion, cmap="Blues")
+    figure.colorbar(image, ax=axis)
+    ticks = range(len(names))
+    axis.set_xticks(ticks, names, rotation=45 if max(map(len, names)) > 4 else 0, ha="right")
+    axis.set_yticks(ticks, names)
+    axis.set_xlabel("predicted label")
+    axis.set_ylabel("true label")
+    if len(names) <= 30:  # beyond that the numbers no longer fit their cells
+        high = max(max(row) for row in confusion) if len(confusion) else 0
+        for i, row in enumerate(confusion):
+            for j, count in enumerate(row):
+                color = "white" if count > high / 2 else "black"
+                axis.text(j, i, str(int(count)), ha="center", va="center", color=color)
+    total = sum(sum(row) for row in confusion)
+    right = sum(confusion[i][i] for i in range(len(names)))
+    axis.set_title(f"confusion matrix: {int(total)} rows, accuracy {right / total if total else 0:.3f}")
     figure.tight_layout()
     path = Path(out)
     figure.savefig(path, dpi=100)

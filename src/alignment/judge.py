@@ -347,8 +347,9 @@ def check_judge(questions: str, url: str, model: str, baseline: str | None = Non
     if Path(baseline).is_dir():
         from alignment.eval_command import model_kind
 
-        if model_kind(baseline) == "reward":
-            raise RecipeError(f"baseline {baseline} is a reward model; the baseline must generate answers")
+        scorer = {"reward": "a reward model", "classifier": "a text classifier"}.get(model_kind(baseline))
+        if scorer:
+            raise RecipeError(f"baseline {baseline} is {scorer}; the baseline must generate answers")
         inputs["baseline_model"] = baseline
     elif Path(baseline).is_file():
         inputs["baseline_answers"] = read_answers(baseline, every_text)[:max_rows]

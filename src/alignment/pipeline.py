@@ -335,13 +335,14 @@ def _model_source(entry: dict[str, Any], overrides: dict[str, Any], earlier: lis
 
 
 def is_policy(stage: str) -> bool:
-    """A stage whose output can be the next stage's model: not a reward model (a scorer, not a generator)."""
+    """A stage whose output can be the next stage's model: not a reward model or a classifier (scorers, not
+    generators)."""
     from alignment.stages import STAGES
 
     if stage == "eval":  # writes numbers, not a model
         return False
     spec = STAGES.get(stage)
-    return spec is None or spec.head != "reward"
+    return spec is None or spec.head == "causal"
 
 
 def _resolve_refs(

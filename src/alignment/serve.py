@@ -86,8 +86,9 @@ def prepare_models(model_dirs: list[str], names: list[str] | None = None) -> lis
     names = names or list(model_dirs)
     check_names(names, len(model_dirs))
     for model_dir in model_dirs:
-        if model_kind(model_dir) == "reward":  # also refuses a missing folder or one holding no model
-            raise RecipeError(f"{model_dir} is a reward model: it scores answers and generates none")
+        scorer = {"reward": "a reward model", "classifier": "a text classifier"}.get(model_kind(model_dir))
+        if scorer:  # model_kind also refuses a missing folder or one holding no model
+            raise RecipeError(f"{model_dir} is {scorer}: it scores text and generates none")
     served = []
     for model_dir, name in zip(model_dirs, names, strict=True):
         folder = model_dir

@@ -170,7 +170,7 @@ def prepare_smoke(recipe: Recipe, folder: Path) -> SmokeSetup:
             write_jsonl(target / f"{split_name(split)}.jsonl", rows[(index, split)])
         raw["id"] = str(target)
         raw["split"] = split_name(source.split)
-        for key in ("data_files", "data_dir", "config"):
+        for key in ("data_files", "data_dir", "config", "column_names"):  # the rows are written as JSON Lines
             raw[key] = None
         if source.samples and source.samples > SMOKE_ROWS:
             raw["samples"] = SMOKE_ROWS * 2  # keeps the repetition a count above the rows causes
@@ -275,7 +275,7 @@ def generated_format(source: DatasetSource, stage: str) -> str:
 COLUMN_FORMATS = (({"chosen", "rejected"}, "preference"), ({"prompt", "completion"}, "prompt_completion"),
                   ({"messages"}, "messages"))  # fmt: skip
 DEFAULT_FORMATS = {"sft": "messages", "dpo": "preference", "rm": "preference", "kto": "kto", "cpt": "text",
-                   "prompt": "prompt_only"}  # fmt: skip
+                   "classify": "classification", "prompt": "prompt_only"}  # fmt: skip
 QUESTIONS = [
     ("What is {a} plus {b}?", "{a} plus {b} is {s}.", "{a} plus {b} is {w}."),
     ("Spell {word} backwards.", "{rev}", "{word}"),

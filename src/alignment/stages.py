@@ -17,10 +17,12 @@ from alignment.errors import RecipeError, closest
 class Stage:
     """What a training stage is made of.
 
-    `config` and `trainer` are names under `trl` (dotted for `trl.experimental`). `data` is the row
-    shape it trains on (a stage of the data layer: `alignment data --stage`). `head` is "causal" for a
-    policy, "reward" for a sequence-classification model with one output. `reference`: the trainer
-    takes a frozen reference model; `rewards`: it takes reward functions (online RL).
+    `config` and `trainer` are names under `trl` (dotted for `trl.experimental`), or a whole import
+    path under `alignment.` for ours where TRL has none. `data` is the row shape it trains on (a stage
+    of the data layer: `alignment data --stage`). `head` is "causal" for a policy, "reward" for a
+    sequence-classification model with one output, "classify" for one with an output per class of the
+    data's labels. `reference`: the trainer takes a frozen reference model; `rewards`: it takes reward
+    functions (online RL).
     """
 
     name: str
@@ -52,11 +54,15 @@ STAGES: dict[str, Stage] = {
               rewards=True),
         Stage("rloo", "RLOOConfig", "RLOOTrainer", "prompt", "online RL: leave-one-out baseline, no critic",
               rewards=True),
+        # TRL has no classification trainer: transformers' Trainer, with our config (alignment/classification.py)
+        Stage("classify", "alignment.classification.ClassifyConfig",
+              "alignment.classification.ClassificationTrainer", "classify",
+              "text classification: a score head with an output per label, on text/label rows", head="classify"),
     )
 }  # fmt: skip
 
 # Row shapes the data layer knows but no stage script trains on (yet): `alignment data --stage` reads them.
-DATA_ONLY_STAGES: dict[str, str] = {"classify": "SFTConfig", "prompt": "GRPOConfig"}
+DATA_ONLY_STAGES: dict[str, str] = {"prompt": "GRPOConfig"}
 
 
 def stage(name: str) -> Stage:
@@ -72,8 +78,10 @@ def data_stage(name: str) -> str:
 
 
 def trl_attribute(dotted: str) -> type:
-    """`trl.<dotted>`: e.g. "SFTTrainer" or "experimental.orpo.ORPOTrainer" (TRL keeps some trainers there)."""
+    """`trl.<dotted>`: e.g. "SFTTrainer" or "experimental.orpo.ORPOTrainer" (TRL keeps some trainers there);
+    a path under `alignment.` is ours, imported as it is (e.g. the classify stage's trainer)."""
     import importlib
 
-    module, _, attribute = f"trl.{dotted}".rpartition(".")
+    path = dotted if dotted.startswith("alignment.") else f"trl.{dotted}"
+    module, _, attribute = path.rpartition(".")
     return getattr(importlib.import_module(module), attribute)

@@ -3,8 +3,9 @@
 Everything is generated locally and deterministically (no Hub access): `alignment tiny build [DIR]`
 writes DIR/model (tokenizer + randomly initialised model), DIR/sft (OpenAI messages), DIR/sft_sharegpt
 (the last quarter of the conversations, as ShareGPT), DIR/dpo (train/test JSONL each), DIR/cpt (plain
-text), DIR/kto (labelled answers), DIR/rm (reward-model pairs) and DIR/eval.jsonl (held-out prompts
-with their answers).
+text), DIR/kto (labelled answers), DIR/rm (reward-model pairs), DIR/eval.jsonl (held-out prompts
+with their answers) and DIR/spam (SMS-like texts labelled spam or ham, `label<TAB>text` with no header,
+for the classify stage).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from alignment.chat_templates import CHATML, PAD_TOKEN
+from alignment.tiny.spam import SpamTaskConfig, generate_spam, write_tsv
 from alignment.tiny.task import (
     SKILLS,
     TinyTaskConfig,
@@ -118,10 +120,11 @@ def build_tiny(
     out_dir: str | Path = DEFAULT_DIR,
     task: TinyTaskConfig | None = None,
     model: TinyModelConfig | None = None,
+    spam: SpamTaskConfig | None = None,
 ) -> Path:
     """Write the tiny model, tokenizer and task data under `out_dir`; return it."""
     out = Path(out_dir)
-    task, model = task or TinyTaskConfig(), model or TinyModelConfig()
+    task, model, spam = task or TinyTaskConfig(), model or TinyModelConfig(), spam or SpamTaskConfig()
     splits = generate_task(task)
     # Two SFT sources in two formats, as real mixtures are: the first three quarters of the
     # conversations as OpenAI messages, the last quarter as FastChat ShareGPT (from/value), which the
@@ -144,13 +147,18 @@ def build_tiny(
     # A reward model's pairs: new prompts with every plausible mistake each; held out on the DPO test pairs.
     write_jsonl(out / "rm" / "train.jsonl", generate_rm_pairs(splits, task.seed))
     write_jsonl(out / "rm" / "test.jsonl", splits["dpo_test"])
+    # A classifier's rows, as the SMS Spam Collection ships them: headerless `label<TAB>text` files.
+    for split, rows in generate_spam(spam).items():
+        write_tsv(out / "spam" / f"{split}.tsv", rows)
 
     corpus = [m["content"] for row in splits["sft_train"] for m in row["messages"]]
     tokenizer = build_tokenizer(corpus)
     tiny = build_model(tokenizer, model)
     tokenizer.save_pretrained(out / "model")
     tiny.save_pretrained(out / "model")
-    (out / "build.json").write_text(json.dumps({"task": asdict(task), "model": asdict(model)}, indent=2))
+    (out / "build.json").write_text(
+        json.dumps({"task": asdict(task), "model": asdict(model), "spam": asdict(spam)}, indent=2)
+    )
     n_params = sum(p.numel() for p in tiny.parameters())
     logger.info(
         f"tiny model ({n_params / 1e6:.1f}M parameters, {len(tokenizer)} tokens) and task written to {out}"
