@@ -73,9 +73,15 @@ def render_messages(messages: list[dict] | str | None) -> list[str]:
     return lines
 
 
+def row_stage(row: dict, stage: str) -> str:
+    """The shape of one canonical row of `stage`: cpt for a replay row of an sft mixture (its `text` set)."""
+    return "cpt" if stage == "sft" and row.get("text") is not None else stage
+
+
 def row_text(row: dict, stage: str) -> str:
     """All the text of a canonical row: its message lists (role-labelled, with tool calls) or text, label."""
     check_stage(stage)
+    stage = row_stage(row, stage)
     if stage in ("cpt", "classify"):
         text = require_column(row, "text", stage)
         return text if stage == "cpt" else f"{text}\nlabel: {require_column(row, 'label', stage)}"
@@ -246,10 +252,13 @@ def user_contents(messages: list[dict] | str | None) -> str:
 def eval_texts(rows: Iterable[dict], stage: str) -> list[str]:
     """The prompt side of canonical eval rows (user turns; the text for cpt/classify), one text a row."""
     check_stage(stage)
+    return [_eval_text(row, row_stage(row, stage)) for row in rows]
+
+
+def _eval_text(row: dict, stage: str) -> str:
     if stage in ("cpt", "classify"):
-        return [require_column(row, "text", stage) for row in rows]
-    column = PROMPT_COLUMN[stage]
-    return [user_contents(require_column(row, column, stage)) for row in rows]
+        return require_column(row, "text", stage)
+    return user_contents(require_column(row, PROMPT_COLUMN[stage], stage))
 
 
 # ---- Evaluation prompt files ------------------------------------------------------

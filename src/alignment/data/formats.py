@@ -15,6 +15,8 @@ Canonical rows (a message is {"role", "content": str} and, only when it calls to
     cpt:      text                       classify: text, label (str or int, as the file has it)
     prompt:   prompt, answer, tools      (online RL: the prompt ends on a user turn; `answer` is the
               reference a verifiable reward compares with, a string or None)
+An sft mixture with a `format: text` source (replay, data/replay.py) has all three of messages, tools
+and text: a conversation's `text` is None, a replay row's `messages` is [] (curation.row_stage tells them apart).
 `tools` is a JSON string of the tool schemas, or None. Content is kept verbatim: nothing is stripped.
 """
 
@@ -66,6 +68,10 @@ FORMATS: dict[str, str] = {
     "classification": "`text` and `label`",
 }
 # Every format also reads an optional `tools` column; those with conversations an optional `system` column.
+
+# Stages whose mixture may hold plain-text sources (`format: text`) as replay: rows trained with a
+# language-modelling loss next to the stage's own rows, against forgetting (data/replay.py).
+REPLAY_STAGES = ("sft",)
 
 STAGE_FORMATS: dict[str, tuple[str, ...]] = {
     "sft": ("messages", "sharegpt", "alpaca", "prompt_completion"),
@@ -220,9 +226,12 @@ def detect_format(columns: Sequence[str], example: dict, stage: str, origin: str
         ):
             hint = f"; these look like {_STAGE_LOOKS[other]} (stage {other})"
             break
+    replay = ""
+    if stage in REPLAY_STAGES and _detect(set(columns), example, "cpt"):
+        replay = " (or to `text` to mix plain text in as replay, trained with a language-modelling loss)"
     raise RecipeError(
         f"{origin}: cannot tell the format of columns [{', '.join(columns)}] for stage {stage}{hint}; "
-        f"set `format:` to one of {', '.join(STAGE_FORMATS[stage])}"
+        f"set `format:` to one of {', '.join(STAGE_FORMATS[stage])}{replay}"
     )
 
 
@@ -299,6 +308,8 @@ def check_format(fmt: str, columns: Sequence[str], stage: str, origin: str) -> N
         )
     if fmt not in STAGE_FORMATS[stage]:
         readers = [s for s, accepted in STAGE_FORMATS.items() if fmt in accepted]
+        if fmt == "text":  # the mixture reads it as cpt rows there (mixture.source_stage)
+            readers += [f"{s} as replay" for s in REPLAY_STAGES]
         raise RecipeError(
             f"{origin}: format `{fmt}` is not read by stage {stage} (it is for {', '.join(readers)}); "
             f"use one of {', '.join(STAGE_FORMATS[stage])}"

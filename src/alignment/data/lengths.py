@@ -11,7 +11,8 @@ stop) or loses outright. The counts follow TRL's own preparation (`trl/trainer/*
 - dpo, kto: prompt = the prompt with the generation prompt; sequences = prompt + each answer. Rows
   whose prompt reaches `max_length` are dropped, the rest cut to `max_length` by the collator.
 - rm: RewardTrainer drops every row whose prompt + chosen or prompt + rejected exceeds `max_length`.
-- cpt: the text plus EOS (TRL appends it) with the tokenizer's special tokens; packing with
+- cpt, and the replay rows of an sft mixture (data/replay.py tokenises those the same way): the
+  text plus EOS (TRL appends it) with the tokenizer's special tokens; packing with
   `bfd_split` or `wrapped` loses nothing, `bfd` (TRL's default) cuts each text to `max_length`.
 - classify: the text with the tokenizer's special tokens, cut to `max_length`.
 - prompt (GRPO, RLOO): the prompt with the generation prompt, which is all the data holds (the
@@ -28,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from alignment.data.curation import check_stage, require_column, rows_of
+from alignment.data.curation import check_stage, require_column, row_stage, rows_of
 from alignment.errors import RecipeError
 
 WHOLE, TRUNCATED, TOO_LONG = "whole", "truncated", "too_long"
@@ -46,6 +47,9 @@ def token_lengths(batch: dict[str, list], *, stage: str, tokenizer: Any) -> dict
     """
     check_stage(stage)
     rows = rows_of(batch)
+    kinds = [row_stage(row, stage) for row in rows]
+    if any(kind != stage for kind in kinds):  # replay rows of an sft mixture measure as cpt rows
+        return _lengths_by_kind(rows, kinds, tokenizer)
     if stage in ("cpt", "classify"):
         texts = [require_column(row, "text", stage) for row in rows]
         eos = tokenizer.eos_token
@@ -77,6 +81,18 @@ def token_lengths(batch: dict[str, list], *, stage: str, tokenizer: Any) -> dict
         prompts.append(min(common_prefix_length(prompt_ids, full) for full in full_ids))
         totals.append(max(len(full) for full in full_ids))
     return {"_prompt_tokens": prompts, "_total_tokens": totals}
+
+
+def _lengths_by_kind(rows: list[dict], kinds: list[str], tokenizer: Any) -> dict[str, list]:
+    """`token_lengths` of rows of several shapes, each measured as its own stage, in the rows' order."""
+    out: dict[str, list] = {"_prompt_tokens": [0] * len(rows), "_total_tokens": [0] * len(rows)}
+    for kind in dict.fromkeys(kinds):
+        picked = [i for i, k in enumerate(kinds) if k == kind]
+        batch = {column: [rows[i][column] for i in picked] for column in rows[0]}
+        for column, values in token_lengths(batch, stage=kind, tokenizer=tokenizer).items():
+            for i, value in zip(picked, values, strict=True):
+                out[column][i] = value
+    return out
 
 
 def conversations(row: dict, stage: str) -> tuple[list[dict], list[list[dict]]]:

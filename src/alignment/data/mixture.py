@@ -6,7 +6,8 @@ per source (data/formats.py) so that ShareGPT, Alpaca, HH-RLHF, ... become the s
 row validation before any model loads; exact or MinHash deduplication and n-gram decontamination
 against the eval sets; a per-source weight taken after a seeded shuffle (TRL keeps the first rows) or
 an exact `samples` count; eval sets from each source's own test split; and a count of every row on
-the way (data/report.py).
+the way (data/report.py). In an sft mixture a `format: text` source is replay: its plain text is read
+as cpt rows and mixed in beside the conversations (data/replay.py tokenises the two kinds for TRL).
 """
 
 from __future__ import annotations
@@ -129,6 +130,17 @@ def _parse_source(source: Any, origin: str, where: str) -> DatasetSource:
                 f"{origin}: `{where}.columns` must be a list of column names or a mapping "
                 "{reader's name: file's column}, e.g. {messages: conversations}"
             )
+    names = source.get("column_names")
+    if names is not None and not (
+        isinstance(names, list)
+        and names
+        and all(isinstance(c, str) and c for c in names)
+        and len(set(names)) == len(names)
+    ):
+        raise RecipeError(
+            f"{origin}: `{where}.column_names` must be a list of distinct column names, the fields of a "
+            "file with no header row in order, e.g. [label, text]"
+        )
     tags = source.get("tags")
     if tags is not None:
         from alignment.data.formats import RoleTags
@@ -150,6 +162,27 @@ def _parse_source(source: Any, origin: str, where: str) -> DatasetSource:
     if weight is not None:
         values["weight"] = float(weight)
     return DatasetSource(**values)
+
+
+def source_stage(source: DatasetSource, stage: str) -> str:
+    """The row shape `source` is read in: `stage`'s, or cpt for a plain-text replay source of an sft mixture."""
+    from alignment.data.formats import REPLAY_STAGES
+
+    return "cpt" if stage in REPLAY_STAGES and source.format == "text" else stage
+
+
+def has_replay(mixture: MixtureConfig, stage: str) -> bool:
+    """Whether the mixture mixes plain-text replay rows into `stage`'s rows."""
+    return any(source_stage(source, stage) != stage for source in mixture.datasets)
+
+
+def check_replay(mixture: MixtureConfig, stage: str) -> None:
+    """Refuse an sft mixture of replay sources alone: it would be continued pretraining, unpacked."""
+    if has_replay(mixture, stage) and all(source_stage(s, stage) != stage for s in mixture.datasets):
+        raise RecipeError(
+            "dataset_mixture: every source is plain text (`format: text`), so this sft stage has no "
+            "conversations to learn from; add a conversation source, or train the text with the cpt stage"
+        )
 
 
 def _require(value: Any, choices: tuple[str, ...], origin: str, key: str) -> None:
@@ -379,6 +412,7 @@ def build_mixture(
     """
     import datasets
 
+    check_replay(mixture, stage)
     reports: list[SourceReport] = []
     notes: list[str] = []
     test_parts: list[Dataset] = []
@@ -400,8 +434,9 @@ def build_mixture(
         rows, report.decontaminated = _decontaminate(rows, stage, ngrams, eval_keys, num_proc)
         rows = _weigh(rows, source, mixture.seed, report)
         report.rows_kept = len(rows)
+        replay = ", replay" if source_stage(source, stage) != stage else ""
         logger.info(
-            f"dataset {source.label} [{source.split}] ({report.format}): kept {report.rows_kept} of "
+            f"dataset {source.label} [{source.split}] ({report.format}{replay}): kept {report.rows_kept} of "
             f"{report.rows_read} rows (invalid {sum(report.invalid.values())}, duplicates {report.duplicates}, "
             f"decontaminated {report.decontaminated}, repeated {report.repeated}, subsampled {report.subsampled})"
         )
@@ -456,12 +491,38 @@ def _prepare_source(
     from alignment.data.formats import READ_COLUMNS
 
     columns = rows.column_names
-    rows, report.format = _convert(rows, source, split, stage, num_proc)
+    rows_stage = source_stage(source, stage)
+    rows, report.format = _convert(rows, source, split, rows_stage, num_proc)
     report.unused_columns = [c for c in columns if c not in READ_COLUMNS[report.format]]
     rows = _drop_invalid(rows, source, split, report)
-    rows, report.duplicates = _curate(rows, stage, source.dedup or mixture.dedup, seen, num_proc)
+    rows, report.duplicates = _curate(rows, rows_stage, source.dedup or mixture.dedup, seen, num_proc)
     report.rows_kept = len(rows)
+    if has_replay(mixture, stage):
+        rows = _with_replay_columns(rows, stage, num_proc)
     return rows, report
+
+
+def _with_replay_columns(rows: Dataset, stage: str, num_proc: int | None) -> Dataset:
+    """Conversations and replay text in one schema, so that they mix: messages, tools and text, each row
+    leaving the other kind's columns empty (`text` None, or `messages` [] and `tools` None)."""
+    from datasets import Value
+
+    from alignment.data.formats import STAGE_COLUMNS, canonical_features
+
+    features = canonical_features(stage, tool_calls=False, invalid=False, json_messages=True)
+    features["text"] = Value("string")
+    widened = rows.map(
+        _fill_other_kind, batched=True, features=features, num_proc=num_proc, desc="Mixing in replay text"
+    )
+    return widened.select_columns([*STAGE_COLUMNS[stage], "text"])
+
+
+def _fill_other_kind(batch: dict[str, list]) -> dict[str, list]:
+    """Batched: a conversation's empty `text`, or a replay text's empty `messages` and `tools`."""
+    size = len(next(iter(batch.values())))
+    if "messages" in batch:
+        return {"text": [None] * size}
+    return {"messages": [[] for _ in range(size)], "tools": [None] * size}
 
 
 def _eval_keys(test_parts: list[Dataset], stage: str, num_proc: int | None) -> set[str]:

@@ -5,7 +5,8 @@ no trained token, DPO drops rows whose prompt fills `max_length`, and both cut a
 end-of-turn) at `max_length`. Here the same lengths are measured first, with the recipe's tokenizer
 and chat template, so that every drop is counted per source, `truncation: drop` can drop cut answers
 instead, and `train_samples` is the number of rows actually trained. It all happens before the model
-is loaded.
+is loaded. An sft mixture with plain-text replay rows is tokenised here too (data/replay.py), since
+TRL cannot tokenise conversations and text in one dataset.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from alignment.data.mixture import SOURCE_COLUMN, build_mixture
+from alignment.data.replay import replay_mask, tokenize_replay
 from alignment.data.report import DataReport, SplitReport
 from alignment.stages import data_stage
 
@@ -57,9 +59,14 @@ def prepare_data(
             data = data if keep_all else counted
         else:
             for name, rows in data.items():
-                report.splits[name] = SplitReport(rows=len(rows), rows_trained=len(rows))
+                replay = replay_mask(rows, stage) or []
+                report.splits[name] = SplitReport(
+                    rows=len(rows), rows_trained=len(rows), replay_rows=sum(replay)
+                )
         if SOURCE_COLUMN in data["train"].column_names:  # account_lengths has dropped it already
             data = data.remove_columns(SOURCE_COLUMN)
+        if tokenizer is not None and not keep_all and replay_mask(data["train"], stage) is not None:
+            data = tokenize_replay(data, tokenizer, training, num_proc)
     if training.process_index == 0:
         for line in report.table().splitlines():
             logger.info(line)
@@ -112,12 +119,14 @@ def account_lengths(
         dropped = {"too_long"} | ({"truncated"} if report.truncation == "drop" else set())
         keep = [i for i, v in enumerate(verdicts) if v not in dropped]
         counts = Counter(verdicts)
+        replay = replay_mask(rows, stage)
         split = SplitReport(
             rows=len(rows),
             dropped_too_long=counts["too_long"],
             truncated=counts["truncated"],
             rows_trained=len(keep),
             tokens=length_percentiles(totals),
+            replay_rows=sum(replay[i] for i in keep) if replay else 0,
         )
         report.splits[name] = split
         _attribute(report, name, measured.data.column(SOURCE_COLUMN).to_pylist(), verdicts, dropped)

@@ -64,9 +64,11 @@ def _tokenizer_or_reason(recipe: Any) -> tuple[Any | None, str | None]:
 
 def render_trained(row: dict, stage: str, tokenizer: Any, recipe: Any, colour: bool) -> str:
     """One canonical row as the model sees it, trained-on text marked (green, or [[ ]] without colour)."""
+    from alignment.data.curation import row_stage
     from alignment.data.lengths import parse_tools
 
     tools = parse_tools(row.get("tools"))
+    stage = row_stage(row, stage)  # replay text of an sft mixture shows as cpt text: every token trained
     if stage in ("cpt", "classify"):
         text = row["text"] + (f"\n(label: {row['label']})" if stage == "classify" else "")
         return _mark([(text, stage == "cpt")], colour)

@@ -19,11 +19,12 @@ from itertools import chain, islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alignment.data.mixture import column_plan, invalid_rows_message
+from alignment.data.mixture import check_replay, column_plan, invalid_rows_message, source_stage
 from alignment.data.sources import (
     DatasetSource,
     _first_line,
     check_file,
+    check_headerless,
     check_not_empty,
     diagnose_file,
     is_local,
@@ -31,6 +32,7 @@ from alignment.data.sources import (
     load_saved,
     not_utf8,
     read_csv,
+    read_headerless,
     slice_bounds,
     split_files,
     split_name,
@@ -57,10 +59,11 @@ def probe_mixture(mixture: MixtureConfig, stage: str, rows: int = PROBE_ROWS) ->
     Raises the run's RecipeError for the first fault, in the order the run meets them (each source's
     test split, then each source's training split, then the `decontaminate` files).
     """
+    check_replay(mixture, stage)
     notes: list[str] = []
     splits = [(s, mixture.test_split) for s in mixture.datasets] if mixture.test_split else []
     for source, split in splits + [(s, s.split) for s in mixture.datasets]:
-        for note in probe_source(source, split, stage, rows):
+        for note in probe_source(source, split, source_stage(source, stage), rows):
             notes += [] if note in notes else [note]
     for path in mixture.decontaminate:
         try:
@@ -112,35 +115,42 @@ def read_head(source: DatasetSource, split: str, rows: int = PROBE_ROWS) -> Head
     """
     name = split_name(split)
     files = split_files(source, name)
+    check_headerless(source, files)
+    names = source.column_names
     if not files:  # a saved dataset: memory-mapped, so its first rows cost no more than a file's
         saved = load_saved(source, name)
         start, end = slice_bounds(split, len(saved), source.id)
         return Head(saved.column_names, saved.select(range(start, min(end, start + rows))).to_list())
     for file in files:
         check_not_empty(file)
-    firsts = [_read(file, 0, rows) for file in files]
+    firsts = [_read(file, 0, rows, names) for file in files]
     if "[" not in split:
         # a file with fewer than `rows` rows was read to its end: the chain is the split's first rows
         head = list(islice(chain.from_iterable(firsts), rows))
     else:
-        counts = [_count_rows(file) for file in files]
+        counts = [_count_rows(file, names) for file in files]
         start, end = slice_bounds(split, sum(counts), source.id)
         wanted = min(rows, end - start)
         head = []
         for file, count in zip(files, counts, strict=True):
             if start < count and len(head) < wanted:
-                head += _read(file, start, wanted - len(head))
+                head += _read(file, start, wanted - len(head), names)
             start = max(0, start - count)
-    return Head(_columns(files[0], head), head)
+    return Head(names or _columns(files[0], head), head)
 
 
 # --- One file ------------------------------------------------------------------------------------------
 
 
-def _read(file: Path, skip: int, take: int | None) -> list[dict]:
-    """Rows `skip` to `skip + take` (to the end: None) of one file; errors name file:line as the run's do."""
+def _read(file: Path, skip: int, take: int | None, column_names: list[str] | None = None) -> list[dict]:
+    """Rows `skip` to `skip + take` (to the end: None) of one file; errors name file:line as the run's do.
+
+    `column_names`: the file has no header row; these are its fields (a source's `column_names`).
+    """
     end = None if take is None else skip + take
     suffix = file.suffix
+    if column_names:
+        return read_headerless(file, column_names, (line for _, line in _text_lines(file)), limit=end)[skip:]
     if suffix in (".json", ".jsonl") and _first_char(file) == "[":
         check_file(file)  # JSON has no "first rows" of an array: it is parsed whole, as the run does
         try:
@@ -234,8 +244,10 @@ def _arrow_rows(file: Path, skip: int) -> Iterator[dict]:
         raise RecipeError(f"{file}: not a readable Arrow file ({_first_line(err)})") from None
 
 
-def _count_rows(file: Path) -> int:
+def _count_rows(file: Path, column_names: list[str] | None = None) -> int:
     """Rows of one file, to resolve a slice: Parquet from its metadata, text files by reading them."""
+    if column_names:
+        return len(_read(file, 0, None, column_names))
     if file.suffix in (".json", ".jsonl") and _first_char(file) != "[":
         return sum(1 for _ in _json_lines(file))
     if file.suffix == ".txt":

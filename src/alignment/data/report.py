@@ -7,7 +7,9 @@ summarised in the model card. Other tools read these keys, so they are stable:
   `invalid` (reason -> count), `duplicates`, `decontaminated`, `rows_kept` (after weight/samples),
   and after length accounting `dropped_too_long`, `truncated`, `rows_trained`;
 - `splits`: for `train` (and `test`), `rows`, `dropped_too_long`, `truncated`, `rows_trained` and
-  `tokens` (p50, p90, p99, max of the untruncated sequence lengths; for stage prompt, of the prompts).
+  `tokens` (p50, p90, p99, max of the untruncated sequence lengths; for stage prompt, of the prompts),
+  and `replay_rows`: of the rows trained, those of plain text an sft mixture replays (format `text`),
+  trained with a language-modelling loss on every token.
 
 Neither TRL nor datasets keeps such an account: TRL's SFT and DPO trainers drop over-long rows in a
 `filter` with no count, and its truncation cuts answers (and their end-of-turn) without a word.
@@ -54,6 +56,7 @@ class SplitReport:
     truncated: int = 0
     rows_trained: int = 0
     tokens: dict[str, int] = field(default_factory=dict)  # p50, p90, p99, max
+    replay_rows: int = 0  # of rows_trained: plain-text replay rows of an sft mixture (data/replay.py)
 
 
 @dataclass
@@ -95,7 +98,7 @@ class DataReport:
                 (
                     s.id,
                     s.split,
-                    s.format,
+                    self._format(s),
                     str(s.rows_read),
                     str(sum(s.invalid.values())),
                     str(s.duplicates),
@@ -125,7 +128,7 @@ class DataReport:
                 f"{name}: {split.rows} rows, {split.dropped_too_long} dropped (prompt alone reaches "
                 f"max_length {self.max_length}), {split.truncated} truncated "
                 f"({'dropped' if self.truncation == 'drop' else 'answer cut, end-of-turn lost'}), "
-                f"{split.rows_trained} trained; tokens {tokens or 'not measured'}"
+                f"{split.rows_trained} trained{_replay(split)}; tokens {tokens or 'not measured'}"
             )
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -141,7 +144,7 @@ class DataReport:
             kept = f"{s.rows_kept}" + (f" ({s.repeated} repeats)" if s.repeated else "")
             trained = "-" if s.rows_trained is None else str(s.rows_trained)
             lines.append(
-                f"| `{s.id}` | {s.split} | {s.format} | {s.rows_read} | {invalid} | {s.duplicates} | "
+                f"| `{s.id}` | {s.split} | {self._format(s)} | {s.rows_read} | {invalid} | {s.duplicates} | "
                 f"{s.decontaminated} | {kept} | {trained} |"
             )
         lines.append("")
@@ -154,13 +157,20 @@ class DataReport:
                 lines.append(f"- {name}: {self._prompt_counts(split)}; prompt tokens {tokens}")
                 continue
             lines.append(
-                f"- {name}: {split.rows_trained} of {split.rows} rows trained; {split.dropped_too_long} "
+                f"- {name}: {split.rows_trained} of {split.rows} rows trained{_replay(split)}; {split.dropped_too_long} "
                 f"dropped because the prompt alone reaches max_length {self.max_length}; {split.truncated} "
                 f"{'dropped as truncated' if self.truncation == 'drop' else 'truncated (answer cut)'}; "
                 f"tokens {tokens}"
             )
         lines += [f"- {n}" for n in self.notes]
         return lines
+
+    def _format(self, source: SourceReport) -> str:
+        """The source's format; plain text in an sft mixture is replay (data/replay.py)."""
+        from alignment.data.formats import REPLAY_STAGES
+
+        replay = self.stage in REPLAY_STAGES and source.format == "text"
+        return f"{source.format} (replay)" if replay else source.format
 
     def _prompt_counts(self, split: SplitReport) -> str:
         """Stage prompt (GRPO, RLOO): prompts are never truncated; only a `max_length`, if any, drops some."""
@@ -172,6 +182,16 @@ class DataReport:
             f"{split.rows_trained} of {split.rows} prompts trained, {split.dropped_too_long} dropped "
             f"(longer than max_length {self.max_length})"
         )
+
+
+def _replay(split: SplitReport) -> str:
+    """How many of a split's trained rows are conversations and how many replay text, when it replays any."""
+    if not split.replay_rows:
+        return ""
+    return (
+        f" ({split.rows_trained - split.replay_rows} conversations, {split.replay_rows} replay text rows "
+        "trained with a language-modelling loss)"
+    )
 
 
 def _align(rows: list[tuple[str, ...]]) -> list[str]:

@@ -50,6 +50,7 @@ class DatasetSource:
     dedup: str | None = None  # exact | minhash | none; None: the mixture's setting
     data_files: str | list[str] | dict[str, str] | None = None  # for a builder id such as `json`
     data_dir: str | None = None
+    column_names: list[str] | None = None  # a csv/tsv/txt file with no header row: its fields, in order
 
     @property
     def label(self) -> str:
@@ -79,8 +80,9 @@ def read_source(source: DatasetSource, split: str) -> Dataset:
     """The rows of one split (sliced as asked) of one source, or a one-line error naming what is wrong."""
     name = split_name(split)
     files = split_files(source, name)
+    check_headerless(source, files)
     if files:
-        return _slice(_read_files(source.id, files), split, source.id)
+        return _slice(_read_files(source.id, files, source.column_names), split, source.id)
     if is_saved_dataset(source.id):
         return _slice(load_saved(source, name), split, source.id)
     return _read_hub(source, split)
@@ -168,12 +170,21 @@ def _train_only(label: str, files: list[Path], name: str) -> list[Path]:
     return files
 
 
-def _read_files(label: str, files: list[Path]) -> Dataset:
-    """Local files of one type, through the matching `datasets` builder; checked first for a clear error."""
+def _read_files(label: str, files: list[Path], column_names: list[str] | None = None) -> Dataset:
+    """Local files of one type, through the matching `datasets` builder; checked first for a clear error.
+
+    Files without a header row (`column_names`) are read here instead (`read_headerless`).
+    """
     import datasets
 
     for file in files:
         check_file(file)
+    if column_names:
+        rows = []
+        for file in files:
+            with file.open(encoding="utf-8", newline="") as lines:
+                rows += read_headerless(file, column_names, lines)
+        return datasets.Dataset.from_list(rows)
     builder, options = FILE_BUILDERS[files[0].suffix]
     try:
         return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", **options)
@@ -317,6 +328,69 @@ def read_csv(file: Path, lines: Iterable[str], limit: int | None = None) -> tupl
             if row.get(column) is not None:
                 row[column] = convert(row[column])
     return header, rows
+
+
+HEADERLESS_SUFFIXES = (".csv", ".tsv", ".txt")
+
+
+def check_headerless(source: DatasetSource, files: list[Path]) -> None:
+    """`column_names` names the fields of local csv/tsv/txt files without a header row, and nothing else."""
+    if not source.column_names:
+        return
+    if not files:
+        raise RecipeError(
+            f"dataset {source.label}: `column_names` is for local files without a header row "
+            f"({', '.join(HEADERLESS_SUFFIXES)}), not for a saved dataset or a Hub dataset"
+        )
+    if files[0].suffix not in HEADERLESS_SUFFIXES:
+        raise RecipeError(
+            f"dataset {source.label}: `column_names` is for files without a header row "
+            f"({', '.join(HEADERLESS_SUFFIXES)}); {files[0].name} has its own column names"
+        )
+
+
+def read_headerless(
+    file: Path, names: list[str], lines: Iterable[str], limit: int | None = None
+) -> list[dict]:
+    """The (first `limit`) rows of a file with no header row whose fields are `names`, in order.
+
+    Gap filled: `datasets`' csv builder takes the first line as the header, so a headerless file (the
+    SMS Spam Collection: `label<TAB>text`) loses its first row to the column names. A .tsv or .txt
+    line is split at tabs with no quoting (its texts may hold quote marks, which a csv reader would
+    take as the start of a field spanning lines); the last field keeps any further tab. A .csv is read
+    with the csv module's quoting. A line with fewer fields than `names` (or a csv record with more) is
+    refused naming it, never dropped; blank lines hold no row and are skipped, as pandas skips them.
+    An empty field is None; a column is typed as pandas types a csv column (`read_csv`).
+    """
+    import csv
+
+    if file.suffix == ".csv":
+        reader = csv.reader(lines)
+        records: Iterable[tuple[int, list[str]]] = ((reader.line_num, record) for record in reader)
+    else:
+        records = (
+            (number, line.rstrip("\r\n").split("\t", len(names) - 1))
+            for number, line in enumerate(lines, start=1)
+            if line.strip()
+        )
+    rows = []
+    for number, record in records:
+        if limit is not None and len(rows) >= limit:
+            break
+        if not record or record == [""]:
+            continue
+        if len(record) != len(names):
+            raise RecipeError(
+                f"{file}:{number}: {len(record)} field(s), but `column_names` names {len(names)} "
+                f"({', '.join(names)})"
+            )
+        rows.append({c: (v if v != "" else None) for c, v in zip(names, record, strict=True)})
+    for column in names:
+        convert = _pandas_type([row[column] for row in rows if row[column] is not None])
+        for row in rows:
+            if row[column] is not None:
+                row[column] = convert(row[column])
+    return rows
 
 
 def _pandas_type(values: list[str]) -> Callable[[str], Any]:
