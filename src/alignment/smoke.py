@@ -182,7 +182,7 @@ def prepare_smoke(recipe: Recipe, folder: Path) -> SmokeSetup:
     overrides = online_rl_overrides(recipe, model, notes) if stage(recipe.stage).rewards else {}
     if recipe.args.eval_generation_prompts:
         overrides.update(generation_eval_overrides(recipe, folder, notes, start=SMOKE_ROWS * len(rows)))
-    if recipe.args.early_stopping_patience is not None:  # it needs evaluations and saves, which a smoke run skips
+    if recipe.args.early_stopping_patience is not None:  # it needs evals and saves, which a smoke run skips
         overrides.update(early_stopping_patience=None, early_stopping_threshold=None)
         notes.append("early stopping: off (a smoke run neither evaluates nor saves)")
     return SmokeSetup(folder=folder, model=model, mixture=mixture, notes=notes, overrides=overrides)
