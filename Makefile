@@ -62,7 +62,7 @@ compare-methods: install
 	$(PY) benchmarks/compare_methods.py
 
 # What SFT does to held-out pretraining perplexity, with 0/10/25% replay, 3 seeds, on the tiny pipeline
-# -> benchmarks/results/<device>-<date>-forgetting.json (and .md). ~25 minutes on 2 cores.
+# -> benchmarks/results/<device>-<date>-forgetting.json (and .md). ~15 minutes on 2 idle cores.
 forgetting: install
 	@test -d data/tiny || $(PY) -m alignment.cli tiny build
 	$(PY) benchmarks/forgetting.py
