@@ -30,6 +30,8 @@ METHOD_KEYS: dict[str, tuple[str, ...]] = {
     "prefix_tuning": ("num_virtual_tokens",),
     "ia3": ("ia3_target_modules", "ia3_feedforward_modules"),
 }
+# Our keys (LoRA's are TRL's ModelConfig's): every non-LoRA method's, each listed once.
+OUR_KEYS = tuple(dict.fromkeys(k for kind, keys in METHOD_KEYS.items() if kind != "lora" for k in keys))
 DEFAULT_VIRTUAL_TOKENS = 20
 
 
@@ -59,12 +61,7 @@ def check_peft_keys(values: dict[str, Any], explicit: set[str], origin: str) -> 
                     f"{origin}: `{key}` is read only with `peft_type: {other}`, not {kind}; remove it or "
                     f"set `peft_type: {other}`"
                 )
-    for key in (
-        "num_virtual_tokens",
-        "prompt_tuning_init_text",
-        "ia3_target_modules",
-        "ia3_feedforward_modules",
-    ):
+    for key in OUR_KEYS:
         if key in explicit and values.get(key) is not None and not values.get("use_peft"):
             raise RecipeError(
                 f"{origin}: `{key}` is read only by a PEFT method: set `peft_type` (and `use_peft`)"

@@ -104,14 +104,11 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[list[dict]], max_
     """Continue each chat prompt with the model (greedy unless `sample`) and return the decoded replies."""
     import torch
 
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation appends on the right
     if sample:  # greedy needs no seed, and leaves a training run's random state alone (the callback)
         torch.manual_seed(seed)
-    if is_prompt_learning(model):
-        try:
-            return [decode_step_by_step(model, tokenizer, p, max_new_tokens, sample) for p in prompts]
-        finally:
-            tokenizer.padding_side = side
+    if is_prompt_learning(model):  # one prompt at a time, unpadded
+        return [decode_step_by_step(model, tokenizer, p, max_new_tokens, sample) for p in prompts]
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation appends on the right
     replies = []
     try:
         for start in range(0, len(prompts), batch_size):
