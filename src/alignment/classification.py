@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from transformers import Trainer, TrainingArguments
 
+from alignment.data.cache import fresh_map
 from alignment.errors import RecipeError
 
 logger = logging.getLogger(__name__)
@@ -221,7 +222,7 @@ class ClassificationTrainer(Trainer):
         }
 
         def tokenised(rows: Any, name: str) -> Any:
-            return rows.map(encode_rows, batched=True, fn_kwargs=encode, remove_columns=rows.column_names,
+            return fresh_map(rows, encode_rows, batched=True, fn_kwargs=encode, remove_columns=rows.column_names,
                             num_proc=args.dataset_num_proc, desc=f"Tokenising {name}")  # fmt: skip
 
         with args.main_process_first(desc="tokenising"):

@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from alignment.data.cache import fresh_map
 from alignment.data.report import SourceReport
 from alignment.data.sources import DatasetSource, is_local, read_source
 from alignment.data.validation import NO_PREFERENCE
@@ -259,7 +260,8 @@ def _convert(
     features = (
         None if stage == "classify" else canonical_features(stage, tool_calls=False, json_messages=True)
     )
-    converted = rows.map(
+    converted = fresh_map(
+        rows,
         convert_batch,
         batched=True,
         features=features,
@@ -268,6 +270,12 @@ def _convert(
         num_proc=num_proc,
         desc=f"Converting {source.label} [{split}] ({fmt})",
     )
+    if stage == "classify" and getattr(converted.features.get("label"), "dtype", "").startswith("float"):
+        # A csv label column with a blank field reads as floats; `datasets` keeps the input's type for
+        # the output column, so the whole numbers the reader made of them (`_class_label`) are cast back.
+        from datasets import Value
+
+        converted = converted.cast_column("label", Value("int64"))
     return converted, fmt
 
 
@@ -311,7 +319,7 @@ def _curate(rows: Dataset, stage: str, mode: str, seen: Any, num_proc: int | Non
     if mode == "none" or len(rows) == 0:
         return rows, 0
     if mode == "exact":
-        keys = rows.map(dedup_keys, batched=True, fn_kwargs={"stage": stage}, num_proc=num_proc,
+        keys = fresh_map(rows, dedup_keys, batched=True, fn_kwargs={"stage": stage}, num_proc=num_proc,
                         desc="Hashing rows for deduplication")  # fmt: skip
         keep = seen.setdefault("exact", ExactDeduplicator()).keep_mask(
             keys.data.column("_dedup_key").to_pylist()
@@ -349,7 +357,8 @@ def _decontaminate(
 ) -> tuple[Dataset, int]:
     if (ngrams is None and not eval_keys) or len(rows) == 0:
         return rows, 0
-    marked = rows.map(
+    marked = fresh_map(
+        rows,
         _contamination_batch,
         batched=True,
         fn_kwargs={"stage": stage, "ngrams": ngrams, "eval_keys": eval_keys},
@@ -511,8 +520,13 @@ def _with_replay_columns(rows: Dataset, stage: str, num_proc: int | None) -> Dat
 
     features = canonical_features(stage, tool_calls=False, invalid=False, json_messages=True)
     features["text"] = Value("string")
-    widened = rows.map(
-        _fill_other_kind, batched=True, features=features, num_proc=num_proc, desc="Mixing in replay text"
+    widened = fresh_map(
+        rows,
+        _fill_other_kind,
+        batched=True,
+        features=features,
+        num_proc=num_proc,
+        desc="Mixing in replay text",
     )
     return widened.select_columns([*STAGE_COLUMNS[stage], "text"])
 
@@ -532,7 +546,8 @@ def _eval_keys(test_parts: list[Dataset], stage: str, num_proc: int | None) -> s
     keys: set[str] = set()
     for part in test_parts:
         if len(part):
-            hashed = part.map(
+            hashed = fresh_map(
+                part,
                 dedup_keys,
                 batched=True,
                 fn_kwargs={"stage": stage},

@@ -15,6 +15,7 @@ import logging
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from alignment.data.cache import fresh_map
 from alignment.data.mixture import SOURCE_COLUMN, build_mixture
 from alignment.data.replay import replay_mask, tokenize_replay
 from alignment.data.report import DataReport, SplitReport
@@ -96,7 +97,8 @@ def account_lengths(
     tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
     out = {}
     for name, rows in data.items():
-        measured = rows.map(
+        measured = fresh_map(
+            rows,
             token_lengths,
             batched=True,
             fn_kwargs={"stage": stage, "tokenizer": tokenizer},

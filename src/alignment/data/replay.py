@@ -24,6 +24,7 @@ import copy
 import json
 from typing import TYPE_CHECKING, Any
 
+from alignment.data.cache import fresh_map
 from alignment.data.formats import REPLAY_STAGES
 from alignment.errors import RecipeError
 
@@ -116,7 +117,8 @@ def tokenize_replay(
     }
     return datasets.DatasetDict(
         {
-            name: rows.map(
+            name: fresh_map(
+                rows,
                 tokenize_batch,
                 batched=True,
                 fn_kwargs=options,
