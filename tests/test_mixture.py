@@ -549,3 +549,39 @@ def test_invalid_rows_of_a_sliced_split_are_named_by_row_of_the_slice(tmp_path):
     source = write_jsonl(tmp_path / "chat.jsonl", invalid_rows())
     with pytest.raises(RecipeError, match=r"chat\.jsonl \[train\[2:6\]\] row 1: consecutive user turns"):
         build({"datasets": [{"id": str(source), "split": "train[2:6]"}]}, stage="sft")
+
+
+def test_a_tsv_label_column_with_a_blank_field_keeps_its_integer_labels(tmp_path):
+    """pandas reads labels 1, 0, (blank) as 1.0, 0.0, NaN: the good rows keep integer labels, the blank one
+    is a missing label (not three malformed rows)."""
+    source = tmp_path / "spam.tsv"
+    source.write_text("text\tlabel\nwin a prize now\t1\nsee you at noon\t0\nno label here\t\ncall me\t0\n")
+    data, reports, _ = build({"datasets": [{"id": str(source), "on_invalid": "drop"}]}, stage="classify")
+    assert data["train"].features["label"].dtype == "int64"
+    assert sorted(zip(data["train"]["text"], data["train"]["label"], strict=True)) == [
+        ("call me", 0), ("see you at noon", 0), ("win a prize now", 1)]  # fmt: skip
+    assert reports[(str(source), "train")].invalid == {"missing label": 1}
+
+
+def test_converted_rows_are_recomputed_when_the_packages_code_changes(tmp_path, monkeypatch):
+    """datasets caches a map by the function it is given, not the readers that one calls: a fixed reader
+    would leave the cached conversion stale. The data layer's maps add a hash of our code (fresh_map)."""
+    from alignment.data import cache, formats
+
+    source = write_jsonl(tmp_path / "a.jsonl", [{"instruction": f"Echo {i}", "input": "", "output": f"{i}"}
+                                               for i in range(8)])  # fmt: skip
+    before, _, _ = build({"datasets": [{"id": str(source)}]}, stage="sft")
+    assert list((tmp_path / "hf-datasets-cache").rglob("cache-*.arrow"))  # the conversion was cached
+    original = formats._READERS["alpaca"]
+
+    def upgraded(row, stage, context):
+        converted = original(row, stage, context)
+        converted["messages"][-1]["content"] += "!"
+        return converted
+
+    monkeypatch.setitem(formats._READERS, "alpaca", upgraded)
+    same_code, _, _ = build({"datasets": [{"id": str(source)}]}, stage="sft")
+    assert same_code["train"].to_list() == before["train"].to_list()  # the cache hit: datasets cannot tell
+    monkeypatch.setattr(cache, "code_hash", lambda: "an upgraded package")
+    after, _, _ = build({"datasets": [{"id": str(source)}]}, stage="sft")
+    assert all(row["messages"][-1]["content"].endswith("!") for row in after["train"])

@@ -493,9 +493,21 @@ def _read_kto(row: dict, stage: str, context: _Context) -> dict:
     return _kto(messages[:-1], messages[-1:], row)
 
 
+def _class_label(label: Any) -> Any:
+    """A csv/tsv label as it was written: pandas reads a column of integers with one blank field as floats
+    (1.0, 0.0, NaN), which would make every row of that file malformed; a whole float is its integer and
+    NaN is a missing label. A fractional float stays, and is refused as malformed."""
+    if isinstance(label, float):
+        if label != label:  # NaN
+            return None
+        if label.is_integer():
+            return int(label)
+    return label
+
+
 def _read_text(row: dict, stage: str, context: _Context) -> dict:
     if stage == "classify":
-        label = row.get("label")
+        label = _class_label(row.get("label"))
         if label is not None and (isinstance(label, bool) or not isinstance(label, str | int)):
             raise _Invalid()
         return {"text": _text(row["text"]), "label": label}

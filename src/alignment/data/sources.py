@@ -306,22 +306,34 @@ def read_csv(file: Path, lines: Iterable[str], limit: int | None = None) -> tupl
     An empty field is None (pandas' NaN); a column of integers, floats or True/False holds numbers or
     bools (pandas' inference, here over the rows read); a record with more fields than the header is
     refused naming its line (pandas' "Error tokenizing data" names neither the file nor, through
-    `datasets`, the line).
+    `datasets`, the line). A .csv is read strictly (RFC 4180), so a quote left open is named by the
+    line it opens on, where a lenient reader would take the rest of the file as one field; a .tsv is
+    not, since a tab-separated text may start with a quote mark that opens no quoted field.
     """
     import csv
 
-    reader = csv.reader(lines, delimiter=FILE_BUILDERS[file.suffix][1].get("sep", ","))
-    header = next(reader, [])
+    reader = csv.reader(
+        lines, delimiter=FILE_BUILDERS[file.suffix][1].get("sep", ","), strict=file.suffix == ".csv"
+    )
     rows = []
-    for record in reader:
-        if limit is not None and len(rows) >= limit:
-            break
-        if len(record) > len(header):
-            raise RecipeError(
-                f"{file}:{reader.line_num}: {len(record)} fields, but the header has {len(header)}"
-            )
-        if record:  # pandas skips blank lines
-            rows.append({c: (v if v != "" else None) for c, v in zip(header, record, strict=False)})
+    start = 1  # the line the record being read starts on
+    try:
+        header = next(reader, [])
+        start = reader.line_num + 1
+        for record in reader:
+            if limit is not None and len(rows) >= limit:
+                break
+            if len(record) > len(header):
+                raise RecipeError(
+                    f"{file}:{reader.line_num}: {len(record)} fields, but the header has {len(header)}"
+                )
+            if record:  # pandas skips blank lines
+                rows.append({c: (v if v != "" else None) for c, v in zip(header, record, strict=False)})
+            start = reader.line_num + 1
+    except csv.Error as err:
+        if "unexpected end of data" in str(err):
+            raise RecipeError(f"{file}:{start}: a quoted field opened on this line is never closed") from None
+        raise RecipeError(f"{file}:{reader.line_num}: not valid {file.suffix[1:]} ({err})") from None
     for column in header:
         convert = _pandas_type([row.get(column) for row in rows if row.get(column) is not None])
         for row in rows:
