@@ -73,3 +73,23 @@ def test_prompts_without_answers_are_refused_before_the_model_loads(away_from_th
     recipe = parse_recipe("sft", [str(TINY_SFT), "--eval_generation_prompts", "p.jsonl"])
     with pytest.raises(RecipeError, match=r"`eval_generation_prompts` p.jsonl: row 1 has no `answer`"):
         generation_eval_callback(recipe, tokenizer=None)  # refused before the tokenizer is even used
+
+
+def test_the_generation_prompts_are_an_eval_set_training_rows_are_decontaminated_against(
+    tmp_path, monkeypatch
+):
+    """Named once as `eval_generation_prompts`, the file joins `decontaminate` (with a note); named in both,
+    it is not read twice."""
+    from .test_recipe import write
+
+    monkeypatch.chdir(tmp_path)
+    Path("prompts.jsonl").write_text(json.dumps({"prompt": "reverse abc", "answer": "cba"}) + "\n")
+    recipe = parse_recipe(
+        "sft", [write(tmp_path, eval_generation_prompts="prompts.jsonl", eval_strategy="no")]
+    )
+    assert recipe.mixture.decontaminate == ["prompts.jsonl"]
+    assert any("checked against `eval_generation_prompts` (prompts.jsonl)" in note for note in recipe.notes)
+    both = {"datasets": [{"id": "data/tiny/sft"}], "decontaminate": ["./prompts.jsonl"]}
+    recipe = parse_recipe("sft", [write(tmp_path, eval_generation_prompts="prompts.jsonl", dataset_name=None,
+                                        dataset_mixture=both, eval_strategy="no")])  # fmt: skip
+    assert recipe.mixture.decontaminate == ["./prompts.jsonl"]

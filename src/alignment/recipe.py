@@ -598,6 +598,8 @@ def _parse_recipe(stage: str, argv: Sequence[str] | None) -> Recipe:
             raise RecipeError(f"{origin}: {first_line}") from None
     args, training, model = built
     mixture = resolve_mixture(args, origin)
+    if note := decontaminate_generation_prompts(mixture, args.eval_generation_prompts):
+        notes.append(note)
     check_eval_data(training, bool(mixture.test_split or mixture.test_split_size), origin, args)
     try:
         require_trackers(training.report_to)
@@ -616,6 +618,17 @@ def _parse_recipe(stage: str, argv: Sequence[str] | None) -> Recipe:
             logger.warning(note)
     return Recipe(stage, path, args, training, model, mixture, cli, notes, explicit, precision, device_notes,
                   dry_run)  # fmt: skip
+
+
+def decontaminate_generation_prompts(mixture: MixtureConfig, prompts: str | None) -> str | None:
+    """`eval_generation_prompts` is an evaluation set the recipe names, so training rows are checked
+    against it too, as against `decontaminate` files (a local JSONL or JSON file; a Hub set is not read)."""
+    if not prompts or Path(prompts).suffix not in (".jsonl", ".json") or not Path(prompts).is_file():
+        return None
+    if any(Path(p).resolve() == Path(prompts).resolve() for p in mixture.decontaminate):
+        return None
+    mixture.decontaminate.append(prompts)
+    return f"decontamination: training rows are also checked against `eval_generation_prompts` ({prompts})"
 
 
 def resolve_mixture(args: RecipeArguments, origin: str) -> MixtureConfig:
