@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,41 @@ def test_a_nan_loss_stops_training_in_one_line_naming_the_step(workdir, monkeypa
     assert not list((workdir / "runs" / "nan").glob("checkpoint-*"))
 
 
+def test_a_nan_between_logs_is_caught_before_the_save_that_would_keep_it(workdir, monkeypatch):
+    """Logging every 10 steps, saving every 2: the NaN of step 3 stops the run at the step-4 save, and the
+    checkpoint kept (and named) is step 2's, never a NaN one."""
+    import torch
+    from transformers import TrainerCallback
+    from trl import SFTTrainer
+
+    from alignment.callbacks import stage_callbacks
+    from alignment.data.prepare import prepare_data
+    from alignment.model import load_model, load_tokenizer
+    from alignment.recipe import parse_recipe
+
+    class PoisonAfterStep2(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 2:
+                with torch.no_grad():
+                    model.lm_head.weight[0, 0] = float("nan")
+
+    monkeypatch.chdir(workdir)
+    recipe = parse_recipe(
+        "sft", [str(TINY_SFT), "--max_steps", "8", "--logging_steps", "10", "--save_steps", "2",
+                "--output_dir", "runs/nan-between", "--report_to", "none", "--disable_tqdm", "true"],
+    )  # fmt: skip
+    tokenizer = load_tokenizer(recipe)
+    data, _ = prepare_data(recipe, tokenizer)
+    trainer = SFTTrainer(model=load_model(recipe, tokenizer), args=recipe.training,
+                         train_dataset=data["train"].select(range(128)), processing_class=tokenizer,
+                         callbacks=[*stage_callbacks(), PoisonAfterStep2()])  # fmt: skip
+    with pytest.raises(RecipeError, match=r"^training stopped at step 4: the loss is nan \(the last checkpoint, "
+                       r"checkpoint-2, is kept\)"):  # fmt: skip
+        trainer.train()
+    saved = sorted(p.name for p in (workdir / "runs" / "nan-between").glob("checkpoint-*"))
+    assert saved == ["checkpoint-2"]
+
+
 def test_trainer_state_is_what_marks_a_checkpoint_complete():
     # transformers writes trainer_state.json last in `_save_checkpoint`; the completeness rule relies on it.
     import inspect
@@ -136,6 +172,21 @@ def test_a_rerun_with_other_training_values_is_refused_naming_each_key(workdir, 
     assert "`learning_rate` 0.0015 -> 1e-05" in message and "`num_train_epochs` 2 -> 3.0" in message
     assert "--output_dir" in message and "--overwrite_output_dir true" in message
     begin(workdir, "--logging_steps", "5", "--report_to", "none")  # logging is not training: resumes
+    begin(workdir, "--dataloader_num_workers", "2")  # how batches load, not which
+    for changed, message in ((("--truncation", "drop"), '`truncation` "truncate" -> "drop"'),  # other rows
+                             (("--dataloader_drop_last", "true"), "`dataloader_drop_last` false -> true")):  # fmt: skip
+        with pytest.raises(RecipeError, match=re.escape(message)):
+            begin(workdir, *changed)
+
+
+def test_checkpoints_without_a_run_record_resume_with_a_warning(workdir, monkeypatch, caplog):
+    """An output_dir from another tool or an older version: nothing to compare, so the resume is announced."""
+    monkeypatch.chdir(workdir)
+    checkpoint(workdir / "runs" / "rerun", 4)
+    with caplog.at_level("WARNING"):
+        start = begin(workdir)
+    assert start.checkpoint.endswith("checkpoint-4")
+    assert "holds checkpoints but no run_recipe.json" in caplog.text and "without comparing" in caplog.text
 
 
 def test_a_finished_run_rerun_unchanged_has_nothing_to_do(workdir, monkeypatch):

@@ -4,7 +4,9 @@ transformers' `logging_nan_inf_filter` (on by default) replaces a NaN or infinit
 running average in the logs, so a diverged run keeps training and saving NaN weights while its logs
 look normal. The recipe parser turns that filter off; this callback then stops the run at the first
 non-finite logged loss or gradient norm, with one line naming the step, before it saves over the last
-good checkpoint.
+good checkpoint. Losses are seen only when they are logged, so a step that saves also logs (see
+`on_step_end`): otherwise, with `save_steps` not a multiple of `logging_steps`, a NaN step could be
+saved as a checkpoint before any log showed it, and that checkpoint then named as the good one.
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ class StopOnNonFiniteLoss(TrainerCallback):
     """Raise at the first logged `loss` or `grad_norm` that is NaN or infinite (all ranks log the same value)."""
 
     WATCHED = ("loss", "grad_norm")
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # transformers logs before it saves in the same step, so a forced log checks the loss first.
+        if control.should_save:
+            control.should_log = True
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         for key in self.WATCHED:

@@ -30,9 +30,12 @@ RUN_RECIPE = "run_recipe.json"
 IGNORED_KEYS = {
     "output_dir", "overwrite_output_dir", "disable_tqdm", "report_to", "run_name", "project", "push_to_hub",
     "resume_from_checkpoint", "license", "per_device_eval_batch_size", "dataset_num_proc",
-    "include_num_input_tokens_seen", "truncation",  # `truncation` changes the rows: caught by the data report
+    "include_num_input_tokens_seen",
+    # How batches are loaded, not which: `dataloader_drop_last` and `dataloader_in_order` are compared.
+    "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers",
+    "dataloader_prefetch_factor", "dataloader_multiprocessing_context",
 }  # fmt: skip
-IGNORED_PREFIXES = ("logging_", "log_", "save_", "eval_", "hub_", "trackio_", "dataloader_")
+IGNORED_PREFIXES = ("logging_", "log_", "save_", "eval_", "hub_", "trackio_")
 
 
 @dataclass
@@ -94,7 +97,14 @@ def begin_run(recipe: Recipe) -> RunStart:
                     "(`--overwrite_output_dir true` trains it again)"
                 )
                 return RunStart(finished=True)
-        return _record(output, values, main, RunStart(checkpoint=resume_checkpoint(training)), recipe)
+        checkpoint = resume_checkpoint(training)
+        if previous is None and checkpoint is not None:
+            logger.warning(
+                f"output_dir {output} holds checkpoints but no {RUN_RECIPE} (written by another tool or an "
+                f"older version): resuming from {checkpoint} without comparing its settings; "
+                "`--overwrite_output_dir true` starts afresh"
+            )
+        return _record(output, values, main, RunStart(checkpoint=checkpoint), recipe)
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
