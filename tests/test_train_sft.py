@@ -68,48 +68,59 @@ def test_saved_model_reloads_and_stops_at_end_of_turn(sft_model, tiny_data):
     assert sum(0 < len(r) <= 8 for r in replies) >= 15, replies
 
 
+# Run in the child before the script: at the end of step argv[1] (before that step's checkpoint is
+# written) the process SIGKILLs itself, as a node lost mid-run would.
+KILL_AT_STEP = """
+import os, signal, runpy, sys
+from transformers.trainer_callback import CallbackHandler
+step = int(sys.argv[1])
+original = CallbackHandler.on_step_end
+def on_step_end(self, args, state, control, **kwargs):
+    if state.global_step == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(self, args, state, control, **kwargs)
+CallbackHandler.on_step_end = on_step_end
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def test_a_killed_run_rerun_unchanged_matches_an_uninterrupted_one(workdir):
-    """SIGKILL once a checkpoint is on disk, rerun the same command: same steps, losses, weights, train_loss."""
-    import time
+    """SIGKILL at a random step of 24 (checkpoints every 4), rerun the same command: same steps, losses,
+    weights and train_loss as an uninterrupted run. The step is in every failure message."""
+    import random
 
     from safetensors.torch import load_file
 
+    step = random.SystemRandom().randint(1, 23)
+    at = f"killed at step {step}"
     args = (*QUICK, "--max_steps", "24", "--save_steps", "4", "--save_total_limit", "10")
     run_script("sft", TINY_SFT, *args, "--output_dir", "runs/whole", cwd=workdir)
-    command = [
-        sys.executable,
-        str(REPO / "scripts" / "run_sft.py"),
-        str(TINY_SFT),
-        *args,
-        "--output_dir",
-        "runs/killed",
-    ]
     killed = workdir / "runs" / "killed"
-    proc = subprocess.Popen(command, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (killed / "checkpoint-8" / "trainer_state.json").exists() and proc.poll() is None:
-        assert time.time() < deadline
-        time.sleep(0.02)
-    proc.kill()
-    proc.wait()
-    assert not (killed / "model.safetensors").exists()  # killed mid-run, not after it
+    command = [sys.executable, "-c", KILL_AT_STEP, str(step), str(REPO / "scripts" / "run_sft.py"), str(TINY_SFT),
+               *args, "--output_dir", "runs/killed"]  # fmt: skip
+    done = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
+    assert done.returncode == -9, (at, done.stderr[-3000:])
+    assert not (killed / "model.safetensors").exists(), at  # killed mid-run, not after it
+    checkpoints = sorted(int(p.name.split("-")[1]) for p in killed.glob("checkpoint-*"))
+    assert checkpoints == list(range(4, step, 4)), at  # the killed step's own checkpoint was never written
     done = run_script(
         "sft", TINY_SFT, *args, "--output_dir", "runs/killed", "--log_level", "info", cwd=workdir
     )
     log = done.stdout + done.stderr
-    assert "resuming from" in log and "FutureWarning" not in log
+    assert ("resuming from" in log) == bool(checkpoints) and "FutureWarning" not in log, at
     whole_state = json.loads((workdir / "runs" / "whole" / "trainer_state.json").read_text())
     killed_state = json.loads((killed / "trainer_state.json").read_text())
-    assert killed_state["global_step"] == whole_state["global_step"] == 24
-    assert logged_losses(killed) == pytest.approx(logged_losses(workdir / "runs" / "whole"), rel=1e-4)
+    assert killed_state["global_step"] == whole_state["global_step"] == 24, at
+    assert logged_losses(killed) == pytest.approx(logged_losses(workdir / "runs" / "whole"), rel=1e-4), at
     whole_loss = json.loads((workdir / "runs" / "whole" / "train_results.json").read_text())["train_loss"]
     resumed_loss = json.loads((killed / "train_results.json").read_text())["train_loss"]
-    assert resumed_loss == pytest.approx(whole_loss, rel=1e-4)  # the whole run, not the resumed steps only
+    assert resumed_loss == pytest.approx(whole_loss, rel=1e-4), at  # the whole run, not the resumed steps
     a, b = (
         load_file(workdir / "runs" / "whole" / "model.safetensors"),
         load_file(killed / "model.safetensors"),
     )
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4, at
     # Rerun unchanged: finished, nothing to train.
     again = run_script("sft", TINY_SFT, *args, "--output_dir", "runs/killed", cwd=workdir)
     assert "finished run: nothing to train" in again.stdout + again.stderr
