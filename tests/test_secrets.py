@@ -134,3 +134,20 @@ def test_a_hub_model_with_only_pickle_weights_is_named_in_one_line(workdir, tmp_
     ):
         load_model(recipe, load_tokenizer(recipe))
     assert calls == [True]
+
+
+def test_trust_remote_code_is_off_by_default_and_loud_when_on(workdir, clean_env, caplog):
+    clean_env.chdir(workdir)
+    assert parse_recipe("sft", [str(TINY_SFT)]).training.trust_remote_code is False
+    with caplog.at_level("WARNING"):
+        recipe = parse_recipe("sft", [str(TINY_SFT), "--trust_remote_code", "true"])
+    assert recipe.training.trust_remote_code is True
+    assert "trust_remote_code is on: Python code from the model's repository will run" in caplog.text
+
+
+def test_a_learning_rate_of_zero_is_run_with_a_note_and_a_negative_one_refused(workdir, clean_env):
+    clean_env.chdir(workdir)
+    recipe = parse_recipe("sft", [str(TINY_SFT), "--learning_rate", "0"])
+    assert "learning_rate is 0: the weights will not change" in recipe.notes
+    with pytest.raises(RecipeError, match="learning_rate"):
+        parse_recipe("sft", [str(TINY_SFT), "--learning_rate", "-1e-5"])

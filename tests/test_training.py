@@ -137,7 +137,8 @@ class LocalHub:
 
 @pytest.mark.parametrize("adapter", [False, True], ids=["full", "lora"])
 def test_push_goes_through_the_trainer_with_our_card(workdir, monkeypatch, adapter):
-    """Trainer.push_to_hub runs the callbacks' on_push_begin, saves once, uploads our card, then trackers end."""
+    """Trainer.push_to_hub runs the callbacks' on_push_begin, saves once, uploads our card, then trackers end;
+    a token planted with --hub_token is in no pushed file and no file of the run."""
     import transformers.trainer
     from transformers import TrainerCallback
     from trl import SFTTrainer
@@ -146,10 +147,13 @@ def test_push_goes_through_the_trainer_with_our_card(workdir, monkeypatch, adapt
     from alignment.model import load_model, load_tokenizer, peft_config_for
     from alignment.training import finish_training
 
+    from .test_secrets import HUB_TOKEN
+
     events: list[str] = []
     hub = LocalHub(workdir / "hub", events)
     monkeypatch.setattr(transformers.trainer, "hf_api", lambda: hub)
     monkeypatch.chdir(workdir)
+    monkeypatch.setenv("HF_TOKEN", "placeholder")  # restored after the test: parsing moves the token here
     lora = (
         ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj"]
         if adapter
@@ -157,7 +161,8 @@ def test_push_goes_through_the_trainer_with_our_card(workdir, monkeypatch, adapt
     )
     recipe = tiny_recipe(workdir / "runs" / "m", "--report_to", "none", "--disable_tqdm", "true", "--max_steps",
                          "2", "--save_steps", "1", "--push_to_hub", "true", "--hub_model_id", "me/tiny-sft",
-                         "--hub_private_repo", "true", "--hub_revision", "v1", *lora)  # fmt: skip
+                         "--hub_private_repo", "true", "--hub_revision", "v1", "--hub_token", HUB_TOKEN,
+                         *lora)  # fmt: skip
 
     class RecordPush(TrainerCallback):
         def on_push_begin(self, args, state, control, **kwargs):
@@ -192,6 +197,8 @@ def test_push_goes_through_the_trainer_with_our_card(workdir, monkeypatch, adapt
     assert {"alignment", "sft", "trl"} <= set(card.data.tags) and ("lora" in card.data.tags) == adapter
     assert "recipes/tiny/sft/config.yaml" in card.text and "train_loss" in card.text  # ours, not TRL's
     assert (workdir / "runs" / "m" / "README.md").read_text() == (pushed / "README.md").read_text()
+    written = [p for folder in (pushed, workdir / "runs" / "m") for p in folder.rglob("*") if p.is_file()]
+    assert len(written) > 10 and not [p for p in written if HUB_TOKEN.encode() in p.read_bytes()]
 
 
 # ---- Trackers ------------------------------------------------------------------
