@@ -26,9 +26,13 @@ class StopOnNonFiniteLoss(TrainerCallback):
     WATCHED = ("loss", "grad_norm")
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        # transformers logs before it saves in the same step, so a forced log checks the loss first.
+        # transformers logs before it saves in the same step, so a forced log checks the loss first. It
+        # also makes the log reach every checkpoint and the last step (which saves), so the whole-run
+        # `train_loss` of a resumed run (reruns.whole_run_loss) leaves no step out.
         if control.should_save:
             control.should_log = True
+
+    on_epoch_end = on_step_end  # `save_strategy: epoch` saves here
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         for key in self.WATCHED:
