@@ -192,25 +192,36 @@ def test_tiny_spam_classifier_learns_and_saves_its_labels(workdir):
     assert (out / "confusion_matrix.png").stat().st_size > 1000
     assert json.loads((out / "all_results.json").read_text())["eval_confusion_matrix"] == confusion
 
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
-    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
-    tokenizer = AutoTokenizer.from_pretrained(out)
-    assert model.config.id2label == {0: "ham", 1: "spam"} and model.config.label2id == {"ham": 0, "spam": 1}
-    assert model.config.pad_token_id == tokenizer.pad_token_id
-    with torch.no_grad():
-        batch = tokenizer([text for _, text in test], padding=True, return_tensors="pt")
-        predicted = model(**batch).logits.argmax(-1).tolist()
-    accuracy = sum(
-        model.config.id2label[p] == label for p, (label, _) in zip(predicted, test, strict=True)
-    ) / len(test)
-    assert accuracy == pytest.approx(results["eval_accuracy"], abs=0.005)
+    config, tokenizer = AutoConfig.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+    assert config.id2label == {0: "ham", 1: "spam"} and config.label2id == {"ham": 0, "spam": 1}
+    assert config.pad_token_id == tokenizer.pad_token_id
 
     card = (out / "README.md").read_text()
     assert "pipeline_tag: text-classification" in card
     assert "A text classifier with 2 labels (ham, spam)" in card
     assert f"| eval_confusion_matrix | {ConfusionMatrix(confusion)} |" in card
+
+    # `alignment eval` on the same held-out rows (the headerless file), reloaded from the folder, gives the
+    # run's numbers.
+    done = run_cli_eval(workdir, str(out), "--dataset", "data/tiny/spam", "--dataset_split", "test",
+                        "--column_names", "label,text")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    scored = json.loads((out / "eval" / "results.json").read_text())["tasks"]["classification"]
+    assert scored["rows"] == len(test)
+    assert scored["accuracy"] == pytest.approx(results["eval_accuracy"], abs=0.005)
+    assert scored["f1_macro"] == pytest.approx(results["eval_f1_macro"], abs=0.01)
+    assert json.loads((out / "eval" / "confusion_matrix.json").read_text())["labels"] == ["ham", "spam"]
+    assert "| classification | accuracy |" in (out / "README.md").read_text()  # the card's eval section
+
+
+def run_cli_eval(cwd, *args: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "alignment.cli", "eval", *args], cwd=cwd, capture_output=True,
+                          text=True)  # fmt: skip
 
 
 def test_an_unseen_eval_label_is_refused_before_the_model_loads(workdir, monkeypatch, capsys):
@@ -251,7 +262,9 @@ def test_the_recipe_dry_runs_with_a_memory_estimate_for_a_score_head(workdir, mo
     assert any("a score head" in line for line in summary["memory"]["assumptions"]), summary["memory"]
 
 
-def test_a_classifier_is_no_pipeline_default_model_and_alignment_eval_says_what_it_is(tmp_path):
+def test_a_classifier_is_no_pipeline_default_model_and_alignment_eval_checks_its_rows_before_loading(
+    tmp_path,
+):
     from alignment.eval_command import EvalRequest, check_request, model_kind
     from alignment.pipeline import is_policy
 
@@ -259,22 +272,25 @@ def test_a_classifier_is_no_pipeline_default_model_and_alignment_eval_says_what_
     folder = tmp_path / "classifier"
     folder.mkdir()
     config = {"architectures": ["LlamaForSequenceClassification"], "id2label": {"0": "ham", "1": "spam"}}
-    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "config.json").write_text(json.dumps(config))  # no weights: everything below is refused first
     assert model_kind(folder) == "classifier"
-    with pytest.raises(
-        RecipeError, match=r"is a text classifier: `alignment eval` scores language and reward"
-    ):
-        check_request(EvalRequest(str(folder), dataset="x.jsonl"))
-
-
-@pytest.mark.slow
-def test_the_recipe_smoke_runs(workdir):
-    from .test_smoke import check
-
-    done = check(TINY_CLASSIFY, "--smoke", cwd=workdir)
-    assert f"smoke run of {TINY_CLASSIFY}: ok (2 steps, loss" in done.stdout, (
-        done.stdout[-1000:] + done.stderr[-3000:]
-    )
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps(r) + "\n" for r in [{"text": "see you at 6", "label": "ham"},
+                                                            {"text": "2 for 1 pizza", "label": "promo"}]))  # fmt: skip
+    with pytest.raises(RecipeError, match=r"rows.jsonl: row 2 \(\"2 for 1 pizza\"\) has label 'promo', which the "
+                       r"classifier does not know \(its classes: ham, spam\)"):  # fmt: skip
+        check_request(EvalRequest(str(folder), dataset=str(rows)))
+    with pytest.raises(RecipeError, match=r"is a text classifier: it classifies --dataset rows \(text, label\) and "
+                       "generates nothing"):  # fmt: skip
+        check_request(EvalRequest(str(folder), dataset=str(rows), prompts=str(rows)))
+    (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    with pytest.raises(RecipeError, match=r"task classification needs a text classifier"):
+        check_request(EvalRequest(str(folder), tasks=["classification"], dataset=str(rows)))
+    with pytest.raises(RecipeError, match=r"--column_names is for the loss task, which this run leaves out: give "
+                       "--dataset"):  # fmt: skip
+        check_request(
+            EvalRequest(str(folder), pairs=str(rows), tasks=["preference"], column_names="label,text")
+        )
 
 
 def test_the_stage_is_trained_by_transformers_trainer_with_our_config(away_from_the_checkout):

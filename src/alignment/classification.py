@@ -188,6 +188,55 @@ def predicted_classes(logits: Any, labels: Any) -> Any:
     return logits.argmax(dim=-1)
 
 
+# --- A saved classifier on held-out rows (`alignment eval`) ----------------------------------------------
+
+
+def saved_class_names(model_dir: str | Path) -> list[str]:
+    """The class names of a saved classifier, in id order, read from its config.json (no weights loaded)."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    id2label = config.get("id2label") or {}
+    return [id2label[key] for key in sorted(id2label, key=int)]
+
+
+def check_eval_labels(rows: list[dict], names: list[str], source: str) -> None:
+    """Every row's label is one of the model's classes, or a one-line error naming the row (before loading)."""
+    for i, row in enumerate(rows):
+        if str(row["label"]) not in names:
+            raise RecipeError(
+                f"{source}: row {i + 1} ({_snippet(row['text'])}) has label {row['label']!r}, which the "
+                f"classifier does not know (its classes: {', '.join(names)})"
+            )
+
+
+def evaluate_classifier(model_dir: str | Path, rows: list[dict], batch_size: int) -> dict[str, Any]:
+    """Accuracy, macro F1, per-class precision/recall/F1 and the confusion matrix of a saved classifier on
+    `text`/`label` rows: the numbers its training run reports, on any held-out rows. Texts are cut to the
+    model's positions, as the classify stage cuts them; the confusion matrix is written to MODEL_DIR/eval/."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from alignment.evaluation import eval_device
+
+    names = saved_class_names(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
+    model.to(eval_device()).eval()
+    limit = min(tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", None) or 10**9)
+    predicted: list[int] = []
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            texts = [row["text"] for row in rows[start : start + batch_size]]
+            batch = tokenizer(texts, truncation=True, max_length=limit, padding=True, return_tensors="pt")
+            predicted += model(**batch.to(model.device)).logits.argmax(-1).tolist()
+    label2id = {name: i for i, name in enumerate(names)}
+    confusion = confusion_matrix([label2id[str(row["label"])] for row in rows], predicted, len(names))
+    write_confusion(Path(model_dir) / "eval", confusion, names)
+    return {
+        **classification_metrics(confusion, names),
+        "confusion_matrix": str(ConfusionMatrix.of(confusion, names)),
+    }
+
+
 # --- Trainer -------------------------------------------------------------------------------------------
 
 

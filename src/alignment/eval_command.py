@@ -9,6 +9,8 @@ Tasks (each runs when its input is given, or as `--tasks` lists them):
 - `preference`: the share of `--pairs` ranked right: by log-probability, by DPO's implicit reward
   against `--reference`, or by the score of a reward model (MODEL_DIR with a classification head).
 - `exact_match`: greedy answers to `--prompts` (rows with a prompt and its `answer`) equal to the answer.
+- `classification`: a text classifier (the classify stage's output) on `--dataset` rows of `text` and
+  `label`: accuracy, macro F1, per-class precision/recall/F1 and the confusion matrix.
 
 Writes MODEL_DIR/eval/results.json and results.md, and puts the table in the model card (README.md),
 replacing the previous evaluation's. All inputs are read and checked before the model loads.
@@ -28,8 +30,8 @@ from alignment.errors import RecipeError
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("loss", "preference", "exact_match", "judge", "judge_pairwise", "harness")
-TASK_INPUT = {"loss": "--dataset", "preference": "--pairs", "exact_match": "--prompts",
+TASKS = ("loss", "preference", "exact_match", "judge", "judge_pairwise", "harness", "classification")
+TASK_INPUT = {"loss": "--dataset", "preference": "--pairs", "exact_match": "--prompts", "classification": "--dataset",
               "judge": "--questions and --judge_url", "judge_pairwise": "--questions, --judge_url and --baseline", "harness": "--harness"}  # fmt: skip
 
 
@@ -42,6 +44,7 @@ UNUSED_WITHOUT = {
     "max_gen_toks": (("harness",), "--harness TASKS"),
     "pairs_split": (("preference",), "--pairs"),
     "prompts_split": (("exact_match",), "--prompts"),
+    "column_names": (("loss", "classification"), "--dataset"),
 }
 
 
@@ -54,6 +57,7 @@ class EvalRequest:
     tasks: list[str] = field(default_factory=list)  # empty: every task whose input is given
     dataset: str | None = None
     dataset_split: str | None = None  # default: "train" for a single file, else "test"
+    column_names: str | None = None  # --dataset files without a header row: their fields, comma-separated
     pairs: str | None = None
     pairs_split: str | None = None
     prompts: str | None = None
@@ -81,7 +85,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """The eval command's arguments, shared by `scripts/run_eval.py` and `alignment eval`."""
     parser.add_argument(
         "model_dir", nargs="+",
-        help="A stage's output_dir, a merged model, an adapter or a reward model; several are compared.",
+        help="A stage's output_dir, a merged model, an adapter, a reward model or a text classifier; several "
+        "are compared.",
     )  # fmt: skip
     parser.add_argument(
         "--output_dir",
@@ -92,9 +97,15 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "--tasks", help=f"Comma-separated, from {', '.join(TASKS)} (default: those given input)."
     )
     parser.add_argument(
-        "--dataset", help="Held-out text or conversations for `loss` (file, folder or Hub id)."
+        "--dataset",
+        help="Held-out text or conversations for `loss`, or text/label rows for a classifier (file, folder "
+        "or Hub id).",
     )
     parser.add_argument("--dataset_split", help="Its split (default: train for a single file, else test).")
+    parser.add_argument(
+        "--column_names", help="Its fields, comma-separated, when its csv/tsv/txt files have no header row "
+        "(`label,text` for the SMS Spam Collection's layout), as a recipe source's `column_names`."
+    )  # fmt: skip
     parser.add_argument("--pairs", help="Held-out preference pairs for `preference`.")
     parser.add_argument("--pairs_split", help="Their split (default as --dataset_split).")
     parser.add_argument("--prompts", help="Held-out prompts with an `answer` for `exact_match`.")
@@ -183,12 +194,6 @@ def model_kind(model_dir: str | Path) -> str:
 def check_request(request: EvalRequest) -> dict[str, Any]:
     """Validate the request and read every input, before any model loads; return the rows per task."""
     kind = model_kind(request.model_dir)
-    if kind == "classifier":
-        raise RecipeError(
-            f"{request.model_dir} is a text classifier: `alignment eval` scores language and reward models; its "
-            f"held-out accuracy, F1 and confusion matrix are in {request.model_dir}/eval_results.json and "
-            "confusion_matrix.json (the classify stage's test split)"
-        )
     for task in request.tasks:
         if task not in TASKS:
             raise RecipeError(f"--tasks: unknown task {task!r}; tasks: {', '.join(TASKS)}")
@@ -197,13 +202,26 @@ def check_request(request: EvalRequest) -> dict[str, Any]:
     if request.questions is not None and not request.judge_url:
         raise RecipeError("--questions are for the judge: give --judge_url and --judge_model too")
     judged = request.questions and request.judge_url
-    given = {"loss": request.dataset, "preference": request.pairs, "exact_match": request.prompts,
-             "judge": judged, "judge_pairwise": judged and request.baseline, "harness": request.harness}  # fmt: skip
+    classifier = kind == "classifier"  # its --dataset is text/label rows to classify, not text to score
+    given = {"loss": not classifier and request.dataset, "preference": request.pairs, "exact_match": request.prompts,
+             "judge": judged, "judge_pairwise": judged and request.baseline, "harness": request.harness,
+             "classification": classifier and request.dataset}  # fmt: skip
     tasks = request.tasks or [task for task in TASKS if given[task]]
     if not tasks:
         raise RecipeError(
-            "nothing to evaluate: give --dataset (loss), --pairs (preference), --prompts (exact_match) or "
-            "--questions with --judge_url (judge; with --baseline, judge_pairwise) or --harness TASKS"
+            "nothing to evaluate: give --dataset (loss; for a text classifier, classification), --pairs "
+            "(preference), --prompts (exact_match) or --questions with --judge_url (judge; with --baseline, "
+            "judge_pairwise) or --harness TASKS"
+        )
+    if classifier and set(tasks) - {"classification"}:
+        raise RecipeError(
+            f"{request.model_dir} is a text classifier: it classifies --dataset rows (text, label) and "
+            "generates nothing"
+        )
+    if "classification" in tasks and not classifier:
+        raise RecipeError(
+            f"task classification needs a text classifier (the classify stage's output); {request.model_dir} "
+            "is not one"
         )
     for task in tasks:
         if not given[task]:
@@ -239,8 +257,15 @@ def check_request(request: EvalRequest) -> dict[str, Any]:
         rows["harness"] = _check_harness_request(request)
     elif request.task_data:
         raise RecipeError("--task_data is for --harness tasks: name them with --harness")
+    if "classification" in tasks:
+        from alignment.classification import check_eval_labels, saved_class_names
+
+        rows["classification"] = read_rows(request.dataset, request.dataset_split, "classify", request.max_rows,
+                                           _fields(request.column_names))  # fmt: skip
+        check_eval_labels(rows["classification"], saved_class_names(request.model_dir), request.dataset)
     if "loss" in tasks:
-        rows["loss"] = _read_loss_rows(request.dataset, request.dataset_split, request.max_rows)
+        rows["loss"] = _read_loss_rows(request.dataset, request.dataset_split, request.max_rows,
+                                       _fields(request.column_names))  # fmt: skip
     if "preference" in tasks:
         rows["preference"] = read_rows(
             request.pairs, request.pairs_split or request.dataset_split, "dpo", request.max_rows
@@ -318,15 +343,16 @@ def read_prompts(source: str, split: str | None, max_rows: int | None, option: s
     return prompts
 
 
-def read_rows(source: str, split: str | None, stage: str, max_rows: int | None) -> list[dict]:
+def read_rows(
+    source: str, split: str | None, stage: str, max_rows: int | None, column_names: list[str] | None = None
+) -> list[dict]:
     """Canonical rows of one source, through the data layer (any format a recipe takes; no dedup: every
-    held-out row counts)."""
+    held-out row counts). `column_names`: the fields of headerless files, as a recipe source gives them."""
     from alignment.data.mixture import MixtureConfig, load_mixture
 
     split = split or ("train" if Path(source).is_file() else "test")
-    mixture = MixtureConfig.from_dict(
-        {"datasets": [{"id": source, "split": split}], "dedup": "none"}, origin=source
-    )
+    entry = {"id": source, "split": split, **({"column_names": column_names} if column_names else {})}
+    mixture = MixtureConfig.from_dict({"datasets": [entry], "dedup": "none"}, origin=source)
     data = load_mixture(mixture, stage)["train"]
     if max_rows is not None and max_rows < len(data):
         logger.info(f"{source} [{split}]: evaluating the first {max_rows} of {len(data)} rows (--max_rows)")
@@ -334,13 +360,20 @@ def read_rows(source: str, split: str | None, stage: str, max_rows: int | None) 
     return [dict(row) for row in data]
 
 
-def _read_loss_rows(source: str, split: str | None, max_rows: int | None) -> dict[str, Any]:
+def _fields(column_names: str | None) -> list[str] | None:
+    return [name.strip() for name in column_names.split(",") if name.strip()] if column_names else None
+
+
+def _read_loss_rows(
+    source: str, split: str | None, max_rows: int | None, column_names: list[str] | None = None
+) -> dict[str, Any]:
     """Plain text if the source reads as text, else conversations (its assistant turns are scored)."""
     try:
-        return {"text": [row["text"] for row in read_rows(source, split, "cpt", max_rows)]}
+        return {"text": [row["text"] for row in read_rows(source, split, "cpt", max_rows, column_names)]}
     except RecipeError as as_text:
         try:
-            return {"conversations": [row["messages"] for row in read_rows(source, split, "sft", max_rows)]}
+            conversations = read_rows(source, split, "sft", max_rows, column_names)
+            return {"conversations": [row["messages"] for row in conversations]}
         except RecipeError:
             raise as_text from None
 
@@ -350,7 +383,10 @@ def for_its_kind(request: EvalRequest) -> tuple[EvalRequest | None, str | None]:
     pairs. Returns the request (None: no task applies) and what was left out, which is printed and recorded."""
     kind = model_kind(request.model_dir)
     if kind == "classifier":
-        return None, "a text classifier: its metrics are its run's eval_results.json; not evaluated"
+        return (
+            None,
+            "a text classifier: evaluate it alone, with --dataset rows of text and label; not evaluated",
+        )
     if kind != "reward":
         return request, None
     if not request.pairs:
@@ -377,6 +413,16 @@ def run_eval(request: EvalRequest, rows: dict[str, Any] | None = None) -> dict[s
         results["tasks"]["preference"] = _preference_result(
             request, how, accuracy, len(rows["preference"]), start
         )
+        return write_results(request, results)
+    if rows["kind"] == "classifier":
+        from alignment.classification import evaluate_classifier
+
+        start = time.time()
+        numbers = evaluate_classifier(request.model_dir, rows["classification"], request.batch_size)
+        results["tasks"]["classification"] = {
+            "source": request.dataset, "measured_by": "argmax of the classifier's logits",
+            "rows": len(rows["classification"]), **numbers, "seconds": _since(start),
+        }  # fmt: skip
         return write_results(request, results)
 
     from alignment.judge import vllm_usable

@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 CARD_BEGIN, CARD_END = "<!-- alignment eval: begin -->", "<!-- alignment eval: end -->"
 NOT_METRICS = {"source", "rows", "seconds", "scored", "ranked_by", "tokens", "judge_model", "records"}
-SHARE_TASKS = {"preference", "exact_match"}  # every metric of these is a share of rows: shown in %
+SHARE_TASKS = {"preference", "exact_match", "classification"}  # every metric of these is a share: in %
 JUDGE_HOW = {
     "judge": "graded 1-10 by judge {}",
     "judge_pairwise": "against the baseline, both orders, judge {}",
@@ -81,6 +81,8 @@ def _shown(task: str, metric: str, value: Any) -> str:
     """A count as it is, a share in %, a loss or a mean grade to 4 digits; `-` for none (nothing judged)."""
     if value is None:
         return "-"
+    if isinstance(value, str):  # a classifier's confusion matrix, as one line
+        return value
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if is_share(task, metric):
