@@ -561,6 +561,9 @@ def test_a_tsv_label_column_with_a_blank_field_keeps_its_integer_labels(tmp_path
     assert sorted(zip(data["train"]["text"], data["train"]["label"], strict=True)) == [
         ("call me", 0), ("see you at noon", 0), ("win a prize now", 1)]  # fmt: skip
     assert reports[(str(source), "train")].invalid == {"missing label": 1}
+    # Refused, it is named as the file's third record (row 3, on line 4 after the header), not as `spam.tsv:3`.
+    with pytest.raises(RecipeError, match=r"spam\.tsv row 3: missing label"):
+        build({"datasets": [{"id": str(source)}]}, stage="classify")
 
 
 def test_converted_rows_are_recomputed_when_the_packages_code_changes(tmp_path, monkeypatch):

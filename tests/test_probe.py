@@ -148,7 +148,7 @@ def test_a_csv_column_of_numbers_is_typed_as_pandas_types_it_for_the_run(tmp_pat
         probe("sft", {"id": str(path)})
     with pytest.raises(RecipeError) as run:
         load_mixture(mixture({"id": str(path)}), "sft")
-    assert f"{path}:1: malformed row; {path}:2: malformed row" in str(probed.value)
+    assert f"{path} row 1: malformed row; {path} row 2: malformed row" in str(probed.value)
     assert str(run.value) == str(probed.value).replace("of the first 2", "of 2")
 
 

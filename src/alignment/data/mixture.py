@@ -297,13 +297,18 @@ def _drop_invalid(rows: Dataset, source: DatasetSource, split: str, report: Sour
 def invalid_rows_message(source: DatasetSource, split: str, reasons: list[str], of: str) -> str:
     """`dataset X [split]: N invalid row(s) of {of}: file:row: reason; ...`, the first three named.
 
-    file:row for a whole file (row = line of a JSON Lines file); a slice's rows count from its start.
+    file:row for a whole file (row = line of a JSON Lines file); a slice's rows count from its start; a
+    csv/tsv file with a header row says `row N` (its Nth record, on line N+1 unless a field spans lines),
+    since `file:N` would read as a line number one short.
     """
     bad = [i for i, reason in enumerate(reasons) if reason]
+    headed = source.id.endswith((".csv", ".tsv")) and not source.column_names
     where = (
-        (lambda i: f"{source.id}:{i + 1}")
-        if "[" not in split
-        else (lambda i: f"{source.id} [{split}] row {i + 1}")
+        (lambda i: f"{source.id} [{split}] row {i + 1}")
+        if "[" in split
+        else (lambda i: f"{source.id} row {i + 1}")
+        if headed
+        else (lambda i: f"{source.id}:{i + 1}")
     )
     first = "; ".join(f"{where(i)}: {reasons[i]}" for i in bad[:3])
     return (
