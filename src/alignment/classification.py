@@ -84,16 +84,19 @@ def class_names(datasets: Any) -> list[str]:
             f"`label`: every training row has the label {names[0] if names else None!r}; a classifier needs "
             "rows of at least two classes"
         )
-    if "test" in datasets:
+    if "test" in datasets and (i := unknown_label(datasets["test"]["label"], names)) is not None:
         test = datasets["test"]
-        for i, label in enumerate(test["label"]):
-            if str(label) not in names:
-                raise RecipeError(
-                    f"`label`: eval row {i + 1} ({_snippet(test[i]['text'])}) has label {label!r}, which no "
-                    f"training row has (classes: {', '.join(names)}); the model could never predict it: fix "
-                    "the label or add training rows of that class"
-                )
+        raise RecipeError(
+            f"`label`: eval row {i + 1} ({_snippet(test[i]['text'])}) has label {test[i]['label']!r}, which no "
+            f"training row has (classes: {', '.join(names)}); the model could never predict it: fix "
+            "the label or add training rows of that class"
+        )
     return names
+
+
+def unknown_label(labels: Any, names: list[str]) -> int | None:
+    """The index of the first label that is none of the classes `names`, or None."""
+    return next((i for i, label in enumerate(labels) if str(label) not in names), None)
 
 
 def _snippet(text: str, width: int = 40) -> str:
@@ -200,12 +203,11 @@ def saved_class_names(model_dir: str | Path) -> list[str]:
 
 def check_eval_labels(rows: list[dict], names: list[str], source: str) -> None:
     """Every row's label is one of the model's classes, or a one-line error naming the row (before loading)."""
-    for i, row in enumerate(rows):
-        if str(row["label"]) not in names:
-            raise RecipeError(
-                f"{source}: row {i + 1} ({_snippet(row['text'])}) has label {row['label']!r}, which the "
-                f"classifier does not know (its classes: {', '.join(names)})"
-            )
+    if (i := unknown_label([row["label"] for row in rows], names)) is not None:
+        raise RecipeError(
+            f"{source}: row {i + 1} ({_snippet(rows[i]['text'])}) has label {rows[i]['label']!r}, which the "
+            f"classifier does not know (its classes: {', '.join(names)})"
+        )
 
 
 def evaluate_classifier(model_dir: str | Path, rows: list[dict], batch_size: int) -> dict[str, Any]:

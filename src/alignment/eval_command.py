@@ -163,7 +163,7 @@ def request_from(options: argparse.Namespace) -> EvalRequest:
     named = {f.name: getattr(options, f.name) for f in fields(EvalRequest) if f.name not in ("tasks", "card")}
     if isinstance(named["model_dir"], list):  # several: `requests_from`
         named["model_dir"] = named["model_dir"][0]
-    tasks = [t.strip() for t in options.tasks.split(",") if t.strip()] if options.tasks else []
+    tasks = comma_list(options.tasks)
     return EvalRequest(**named, tasks=tasks, card=not options.no_card)
 
 
@@ -261,11 +261,11 @@ def check_request(request: EvalRequest) -> dict[str, Any]:
         from alignment.classification import check_eval_labels, saved_class_names
 
         rows["classification"] = read_rows(request.dataset, request.dataset_split, "classify", request.max_rows,
-                                           _fields(request.column_names))  # fmt: skip
+                                           comma_list(request.column_names))  # fmt: skip
         check_eval_labels(rows["classification"], saved_class_names(request.model_dir), request.dataset)
     if "loss" in tasks:
         rows["loss"] = _read_loss_rows(request.dataset, request.dataset_split, request.max_rows,
-                                       _fields(request.column_names))  # fmt: skip
+                                       comma_list(request.column_names))  # fmt: skip
     if "preference" in tasks:
         rows["preference"] = read_rows(
             request.pairs, request.pairs_split or request.dataset_split, "dpo", request.max_rows
@@ -281,7 +281,7 @@ def _check_harness_request(request: EvalRequest) -> dict[str, Any]:
     """lm-eval's task names and the local tasks' files, checked; the tasks and their data."""
     from alignment.harness import check_harness
 
-    tasks = [t.strip() for t in request.harness.split(",") if t.strip()]
+    tasks = comma_list(request.harness)
     task_data = {}
     for item in request.task_data or []:
         name, sep, path = item.partition("=")
@@ -360,8 +360,9 @@ def read_rows(
     return [dict(row) for row in data]
 
 
-def _fields(column_names: str | None) -> list[str] | None:
-    return [name.strip() for name in column_names.split(",") if name.strip()] if column_names else None
+def comma_list(text: str | None) -> list[str]:
+    """The items of a comma-separated option (`--tasks`, `--harness`, `--column_names`), blanks dropped."""
+    return [item.strip() for item in (text or "").split(",") if item.strip()]
 
 
 def _read_loss_rows(
